@@ -1,0 +1,317 @@
+//! `POST /api/clusters`: the `ClusterCreate` body, checked field by field (every problem
+//! is reported at once, in the old backend's 422 shape), then ports claimed and the row
+//! inserted in one transaction.
+
+use serde_json::{Map, Value};
+
+use super::response::FieldError;
+use crate::config::{PortRange, Settings};
+use crate::model::{defaults, ClusterName, ClusterSpec, Provider};
+use crate::store::clusters;
+use crate::store::StoreResult;
+
+/// Parses and checks a request body.
+pub fn parse(body: &[u8]) -> Result<ClusterSpec, Vec<FieldError>> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        vec![FieldError {
+            loc: vec!["body".into(), e.column().into()],
+            msg: format!("JSON decode error: {e}"),
+            kind: "json_invalid",
+        }]
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(vec![FieldError {
+            loc: vec!["body".into()],
+            msg: "Input should be a valid dictionary or object".into(),
+            kind: "model_attributes_type",
+        }]);
+    };
+    let mut errors = Vec::new();
+    let name = name(&obj, &mut errors);
+    let provider = provider(&obj, &mut errors);
+    let node_port = port(&obj, "node_port", defaults::NODE_PORT, &mut errors);
+    let pf_port = port(&obj, "pf_port", defaults::PF_PORT, &mut errors);
+    let http_port = port(&obj, "http_port", defaults::HTTP_PORT, &mut errors);
+    let https_port = port(&obj, "https_port", defaults::HTTPS_PORT, &mut errors);
+    let cluster_subnet = subnet(&obj, &mut errors);
+    let register_portainer = flag(&obj, "register_portainer", &mut errors);
+    let haproxy_route = flag(&obj, "haproxy_route", &mut errors);
+    let register_argocd = flag(&obj, "register_argocd", &mut errors);
+    distinct_host_ports(pf_port, http_port, https_port, &mut errors);
+    match (name, provider) {
+        (Some(name), Some(provider)) if errors.is_empty() => Ok(ClusterSpec {
+            name,
+            provider,
+            node_port,
+            pf_port,
+            http_port,
+            https_port,
+            cluster_subnet,
+            register_portainer,
+            haproxy_route,
+            register_argocd,
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn name(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<ClusterName> {
+    match obj.get("name") {
+        None => errors.push(FieldError::body("name", "missing", "Field required")),
+        Some(Value::String(s)) => match ClusterName::parse(s) {
+            Ok(n) => return Some(n),
+            Err(e) => errors.push(FieldError::body("name", "string_pattern_mismatch", e.to_string())),
+        },
+        Some(_) => errors.push(FieldError::body("name", "string_type", "Input should be a valid string")),
+    }
+    None
+}
+
+fn provider(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Provider> {
+    match obj.get("provider") {
+        None => errors.push(FieldError::body("provider", "missing", "Field required")),
+        Some(Value::String(s)) => match s.parse() {
+            Ok(p) => return Some(p),
+            Err(_) => errors.push(FieldError::body(
+                "provider",
+                "literal_error",
+                format!("Input should be 'kind' or 'k3d', not {s:?}"),
+            )),
+        },
+        Some(_) => errors.push(FieldError::body("provider", "literal_error", "Input should be 'kind' or 'k3d'")),
+    }
+    None
+}
+
+fn port(obj: &Map<String, Value>, field: &str, default: u16, errors: &mut Vec<FieldError>) -> u16 {
+    let Some(value) = obj.get(field) else {
+        return default;
+    };
+    match value.as_i64() {
+        Some(p) if (1024..=65535).contains(&p) => p as u16,
+        Some(p) if p < 1024 => {
+            errors.push(FieldError::body(
+                field,
+                "greater_than_equal",
+                format!("Input should be greater than or equal to 1024 (got {p})"),
+            ));
+            default
+        }
+        Some(p) => {
+            errors.push(FieldError::body(
+                field,
+                "less_than_equal",
+                format!("Input should be less than or equal to 65535 (got {p})"),
+            ));
+            default
+        }
+        None => {
+            errors.push(FieldError::body(field, "int_type", "Input should be a valid integer"));
+            default
+        }
+    }
+}
+
+fn flag(obj: &Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> bool {
+    match obj.get(field) {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(FieldError::body(field, "bool_type", "Input should be a valid boolean"));
+            true
+        }
+    }
+}
+
+/// `null` and `""` mean none; anything else must be an IPv4 CIDR.
+fn subnet(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    match obj.get("cluster_subnet") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) if is_ipv4_cidr(s) => Some(s.clone()),
+        Some(Value::String(s)) => {
+            errors.push(FieldError::body(
+                "cluster_subnet",
+                "value_error",
+                format!("cluster_subnet {s:?} is not an IPv4 CIDR like 10.42.0.0/16"),
+            ));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::body("cluster_subnet", "string_type", "Input should be a valid string"));
+            None
+        }
+    }
+}
+
+fn is_ipv4_cidr(s: &str) -> bool {
+    let Some((addr, bits)) = s.split_once('/') else {
+        return false;
+    };
+    let bits_ok = !bits.is_empty()
+        && bits.len() <= 2
+        && bits.bytes().all(|b| b.is_ascii_digit())
+        && bits.parse::<u8>().is_ok_and(|b| b <= 32);
+    // std's parser is strict: four decimal octets, no leading zeros, no extras.
+    bits_ok && addr.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn distinct_host_ports(pf: u16, http: u16, https: u16, errors: &mut Vec<FieldError>) {
+    let ports = [("pf_port", pf), ("http_port", http), ("https_port", https)];
+    for (i, (field, port)) in ports.iter().enumerate() {
+        if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+            errors.push(FieldError::body(
+                field,
+                "value_error",
+                format!("{field} {port} is the same as {other}; each host port can be used once"),
+            ));
+        }
+    }
+}
+
+/// Why a create was refused by what is already stored.
+#[derive(Debug)]
+pub enum Refusal {
+    Exists,
+    PortTaken {
+        field: &'static str,
+        port: u16,
+        holder: String,
+        holder_field: &'static str,
+    },
+    RangeFull {
+        field: &'static str,
+        range: PortRange,
+    },
+}
+
+impl Refusal {
+    pub fn message(&self, name: &ClusterName) -> String {
+        match self {
+            Refusal::Exists => format!("Cluster {name} already exists"),
+            Refusal::PortTaken {
+                field,
+                port,
+                holder,
+                holder_field,
+            } => format!("{field} {port} is already used by cluster {holder} (as its {holder_field})"),
+            Refusal::RangeFull { field, range } => {
+                format!("{field}: every port in {range} is in use by other clusters")
+            }
+        }
+    }
+}
+
+/// A port moved off the WebUI's default because another cluster holds it.
+#[derive(Debug, Clone)]
+pub struct Reassigned {
+    pub field: &'static str,
+    pub from: u16,
+    pub to: u16,
+}
+
+/// Inserts the cluster after checking its name and ports against the store, all in the
+/// caller's transaction, so that two concurrent requests cannot claim the same port.
+///
+/// The WebUI sends the first port of each configured range (19001, 18090, 18443) for
+/// every cluster unless the user edits it. When such a default is taken, the next free
+/// port of the range is assigned instead of refusing; an explicitly chosen port that is
+/// taken is refused with the name of the cluster holding it.
+pub fn insert(
+    tx: &rusqlite::Transaction,
+    spec: &mut ClusterSpec,
+    settings: &Settings,
+) -> StoreResult<Result<(i64, Vec<Reassigned>), Refusal>> {
+    if clusters::by_name(tx, &spec.name)?.is_some() {
+        return Ok(Err(Refusal::Exists));
+    }
+    let mut reassigned = Vec::new();
+    for (field, port) in spec.ports() {
+        let Some((holder, holder_field)) = clusters::port_holder(tx, port, field == "node_port")? else {
+            continue;
+        };
+        let range = match field {
+            "pf_port" => Some(settings.pf_port_range),
+            "http_port" => Some(settings.http_port_range),
+            "https_port" => Some(settings.https_port_range),
+            _ => None,
+        };
+        match range {
+            Some(range) if port == range.first => {
+                let taken = clusters::ports_in_use(tx, range.first, range.last)?;
+                let own = spec.ports().map(|(_, p)| p);
+                let free = (range.first..=range.last).find(|p| !taken.contains(p) && !own.contains(p));
+                let Some(to) = free else {
+                    return Ok(Err(Refusal::RangeFull { field, range }));
+                };
+                set_port(spec, field, to);
+                reassigned.push(Reassigned { field, from: port, to });
+            }
+            _ => {
+                return Ok(Err(Refusal::PortTaken {
+                    field,
+                    port,
+                    holder,
+                    holder_field,
+                }))
+            }
+        }
+    }
+    let id = clusters::insert(tx, spec)?;
+    Ok(Ok((id, reassigned)))
+}
+
+fn set_port(spec: &mut ClusterSpec, field: &str, port: u16) {
+    match field {
+        "pf_port" => spec.pf_port = port,
+        "http_port" => spec.http_port = port,
+        "https_port" => spec.https_port = port,
+        _ => spec.node_port = port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(body: &str) -> Vec<(String, &'static str)> {
+        parse(body.as_bytes())
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.loc.last().map(|v| v.to_string()).unwrap_or_default(), e.kind))
+            .collect()
+    }
+
+    #[test]
+    fn accepts_the_webui_body_with_defaults() {
+        let spec = parse(br#"{"name":"dev","provider":"k3d","cluster_subnet":""}"#).unwrap();
+        assert_eq!(spec.node_port, 30080);
+        assert_eq!(spec.pf_port, 19000);
+        assert_eq!(spec.cluster_subnet, None);
+        assert!(spec.register_portainer && spec.haproxy_route && spec.register_argocd);
+    }
+
+    #[test]
+    fn reports_every_bad_field() {
+        let found = errors(r#"{"name":"Bad Name","provider":"minikube","node_port":80,"pf_port":"x","register_argocd":"yes","cluster_subnet":"10.0.0.0/33"}"#);
+        let fields: Vec<&str> = found.iter().map(|(f, _)| f.trim_matches('"')).collect();
+        assert_eq!(
+            fields,
+            ["name", "provider", "node_port", "pf_port", "cluster_subnet", "register_argocd"]
+        );
+        assert_eq!(errors(r#"{"provider":"kind"}"#), [("\"name\"".into(), "missing")]);
+        assert_eq!(errors("[1]")[0].1, "model_attributes_type");
+        assert_eq!(errors("{nope")[0].1, "json_invalid");
+    }
+
+    #[test]
+    fn cidr_rules() {
+        for ok in ["10.42.0.0/16", "192.168.1.0/24", "0.0.0.0/0"] {
+            assert!(is_ipv4_cidr(ok), "{ok}");
+        }
+        for bad in ["10.42.0.0", "10.42.0/16", "10.42.0.0/", "10.42.0.256/16", "a.b.c.d/8", "10.0.0.0/16; rm"] {
+            assert!(!is_ipv4_cidr(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Routing and handlers.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::{Method, Request, StatusCode};
+
+use super::create;
+use super::response::{json, ApiError, FieldError, Reply};
+use super::tasks::{self, TaskKind};
+use super::views::{ClusterInfo, ClusterStatus, ConfigView, Health, RunView, TaskCreate};
+use crate::app::AppRef;
+use crate::log::{ids, Event, Priority};
+use crate::model::{ClusterName, DesiredState};
+use crate::store::clusters::{self, ClusterRecord};
+use crate::store::runs;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Runs shown by the history endpoint.
+const HISTORY_LIMIT: u32 = 50;
+
+pub async fn handle(app: AppRef, req: Request<Incoming>) -> Reply {
+    match route(app, req).await {
+        Ok(reply) => reply,
+        Err(e) => e.reply(),
+    }
+}
+
+async fn route(app: AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let method = req.method().clone();
+    match segments.as_slice() {
+        ["api", "health"] => {
+            only(&method, &Method::GET, "GET")?;
+            health_reply(&app).await
+        }
+        ["api", "config"] => {
+            only(&method, &Method::GET, "GET")?;
+            Ok(json(StatusCode::OK, &ConfigView::from(&*app.settings())))
+        }
+        ["api", "clusters"] => match method {
+            Method::GET => list(&app).await,
+            Method::POST => create(&app, req).await,
+            _ => Err(ApiError::MethodNotAllowed("GET, POST")),
+        },
+        ["api", "clusters", name] => {
+            let name = path_name(name)?;
+            match method {
+                Method::GET => get(&app, name).await,
+                Method::DELETE => delete(&app, name).await,
+                _ => Err(ApiError::MethodNotAllowed("GET, DELETE")),
+            }
+        }
+        ["api", "clusters", name, "status"] => {
+            only(&method, &Method::GET, "GET")?;
+            let record = find(&app, path_name(name)?).await?;
+            Ok(json(StatusCode::OK, &ClusterStatus::from(&record)))
+        }
+        ["api", "clusters", name, "history"] => {
+            only(&method, &Method::GET, "GET")?;
+            history(&app, path_name(name)?).await
+        }
+        ["api", "clusters", name, "start"] => {
+            only(&method, &Method::POST, "POST")?;
+            power(&app, path_name(name)?, TaskKind::Start).await
+        }
+        ["api", "clusters", name, "stop"] => {
+            only(&method, &Method::POST, "POST")?;
+            power(&app, path_name(name)?, TaskKind::Stop).await
+        }
+        ["api", "tasks", id] => {
+            only(&method, &Method::GET, "GET")?;
+            task(&app, decode(id)).await
+        }
+        ["ws", "tasks"] => Err(ApiError::NotFound(
+            "live task updates over WebSocket are not available; poll GET /api/tasks/{task_id}".into(),
+        )),
+        _ => Err(ApiError::NotFound("Not Found".into())),
+    }
+}
+
+/// Refuses any method but `want`.
+fn only(method: &Method, want: &Method, allow: &'static str) -> Result<(), ApiError> {
+    if method == want {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed(allow))
+    }
+}
+
+/// A cluster name from the path: percent-decoded, then held to the same rules as a body.
+fn path_name(raw: &str) -> Result<ClusterName, ApiError> {
+    let text = decode(raw);
+    ClusterName::parse(&text).map_err(|e| {
+        ApiError::Invalid(vec![FieldError {
+            loc: vec!["path".into(), "name".into()],
+            msg: e.to_string(),
+            kind: "string_pattern_mismatch",
+        }])
+    })
+}
+
+/// Percent-decoding of a path segment (invalid escapes are kept as written).
+fn decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The health answer; also used by the watchdog to check that the API can reach the store.
+pub async fn health(app: &AppRef) -> Result<(), String> {
+    app.store.read(clusters::ping).await.map_err(|e| e.to_string())
+}
+
+async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
+    match health(app).await {
+        Ok(()) => Ok(json(
+            StatusCode::OK,
+            &Health {
+                status: "healthy",
+                service: "kindler",
+                version: env!("CARGO_PKG_VERSION"),
+            },
+        )),
+        Err(e) => Err(ApiError::Unavailable(format!("the store cannot be read: {e}"))),
+    }
+}
+
+async fn list(app: &AppRef) -> Result<Reply, ApiError> {
+    let rows = app.store.read(clusters::list).await?;
+    let records: Vec<ClusterRecord> = rows.into_iter().filter_map(Result::ok).collect();
+    let views: Vec<ClusterInfo> = records.iter().map(ClusterInfo::from).collect();
+    Ok(json(StatusCode::OK, &views))
+}
+
+async fn find(app: &AppRef, name: ClusterName) -> Result<ClusterRecord, ApiError> {
+    let lookup = name.clone();
+    match app.store.read(move |c| clusters::by_name(c, &lookup)).await? {
+        Some(Ok(record)) => Ok(record),
+        Some(Err(invalid)) => Err(ApiError::Unavailable(invalid.to_string())),
+        None => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
+    }
+}
+
+async fn get(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
+    let record = find(app, name).await?;
+    Ok(json(StatusCode::OK, &ClusterInfo::from(&record)))
+}
+
+async fn history(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
+    let lookup = name.clone();
+    let found = app
+        .store
+        .read(move |c| Ok((clusters::by_name(c, &lookup)?, runs::recent_for_name(c, lookup.as_str(), HISTORY_LIMIT)?)))
+        .await?;
+    match found {
+        (None, runs) if runs.is_empty() => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
+        (_, runs) => {
+            let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
+            Ok(json(StatusCode::OK, &views))
+        }
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(ApiError::TooLarge(MAX_BODY));
+    }
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::TooLarge(MAX_BODY)),
+        Err(e) => Err(ApiError::Invalid(vec![FieldError {
+            loc: vec!["body".into()],
+            msg: format!("the request body could not be read: {e}"),
+            kind: "body_error",
+        }])),
+    }
+}
+
+async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
+    let body = read_body(req).await?;
+    let mut spec = create::parse(&body).map_err(ApiError::Invalid)?;
+    let settings = app.settings();
+    let name = spec.name.clone();
+    let (outcome, spec) = app
+        .store
+        .write(move |tx| {
+            let outcome = create::insert(tx, &mut spec, &settings)?;
+            Ok((outcome, spec))
+        })
+        .await?;
+    let reassigned = match outcome {
+        Ok((_, reassigned)) => reassigned,
+        Err(refusal) => return Err(ApiError::Conflict(refusal.message(&name))),
+    };
+    app.wake.notify_one();
+    let mut message = format!("Cluster {name} declared; kindler is creating it");
+    for r in &reassigned {
+        message.push_str(&format!("; {} {} was taken, {} assigned", r.field, r.from, r.to));
+    }
+    Event::new(Priority::Info, format!("cluster {name} declared present ({})", spec.provider))
+        .id(ids::CLUSTER_DECLARED)
+        .field("CLUSTER", &name)
+        .field("PROVIDER", spec.provider)
+        .field("DESIRED_STATE", DesiredState::Present)
+        .emit();
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &TaskCreate {
+            task_id: TaskKind::Create.id(&name),
+            status: "pending",
+            message,
+        },
+    ))
+}
+
+async fn delete(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
+    if app.settings().protected_clusters.iter().any(|p| p == name.as_str()) {
+        return Err(ApiError::Forbidden(format!(
+            "Cluster {name} is protected and cannot be deleted"
+        )));
+    }
+    declare(app, &name, DesiredState::Absent).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &TaskCreate {
+            task_id: TaskKind::Delete.id(&name),
+            status: "pending",
+            message: format!("Cluster {name} declared absent; kindler is deleting it"),
+        },
+    ))
+}
+
+async fn power(app: &AppRef, name: ClusterName, kind: TaskKind) -> Result<Reply, ApiError> {
+    let record = find(app, name.clone()).await?;
+    if record.desired == DesiredState::Absent {
+        return Err(ApiError::Conflict(format!("Cluster {name} is being deleted")));
+    }
+    let (desired, verb) = match kind {
+        TaskKind::Stop => (DesiredState::Stopped, "stopping"),
+        _ => (DesiredState::Present, "starting"),
+    };
+    declare(app, &name, desired).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &TaskCreate {
+            task_id: kind.id(&name),
+            status: "pending",
+            message: format!("Cluster {name} declared {desired}; kindler is {verb} it"),
+        },
+    ))
+}
+
+/// Stores a new desired state and wakes the reconciler.
+async fn declare(app: &AppRef, name: &ClusterName, desired: DesiredState) -> Result<(), ApiError> {
+    let target = name.clone();
+    let found = app
+        .store
+        .write(move |tx| clusters::set_desired(tx, &target, desired))
+        .await?;
+    if !found {
+        return Err(ApiError::NotFound(format!("Cluster {name} not found")));
+    }
+    app.wake.notify_one();
+    Event::new(Priority::Info, format!("cluster {name} declared {desired}"))
+        .id(ids::CLUSTER_DECLARED)
+        .field("CLUSTER", name)
+        .field("DESIRED_STATE", desired)
+        .emit();
+    Ok(())
+}
+
+async fn task(app: &AppRef, id: String) -> Result<Reply, ApiError> {
+    let (lookup, app2) = (id.clone(), app.clone());
+    match app.store.read(move |c| tasks::status(c, &app2, &lookup)).await? {
+        Some(status) => Ok(json(StatusCode::OK, &status)),
+        None => Err(ApiError::NotFound(format!("Task {id} not found"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(decode("a%2Fb"), "a/b");
+        assert_eq!(decode("%20x"), " x");
+        assert_eq!(decode("bad%zz"), "bad%zz");
+        assert_eq!(decode("end%2"), "end%2");
+        assert_eq!(decode("%aé"), "%aé");
+    }
+}

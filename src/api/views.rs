@@ -1,0 +1,185 @@
+//! The JSON shapes of the contract (and kindler's additions, which only add fields).
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::store::clusters::ClusterRecord;
+use crate::store::runs::RunRecord;
+use crate::store::time;
+
+fn iso(t: &Option<String>) -> Option<String> {
+    t.as_deref().map(time::iso)
+}
+
+#[derive(Serialize)]
+pub struct ClusterInfo<'a> {
+    pub name: &'a str,
+    pub provider: &'static str,
+    pub node_port: u16,
+    pub pf_port: u16,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub cluster_subnet: Option<&'a str>,
+    pub register_portainer: bool,
+    pub haproxy_route: bool,
+    pub register_argocd: bool,
+    pub status: &'static str,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub desired_state: &'static str,
+    pub actual_state: &'static str,
+    pub last_reconciled_at: Option<String>,
+    pub reconcile_error: Option<&'a str>,
+    // kindler's additions
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub attempts: u32,
+    pub next_attempt_at: Option<String>,
+    pub last_transition_at: Option<String>,
+    pub last_action: Option<&'static str>,
+}
+
+impl<'a> From<&'a ClusterRecord> for ClusterInfo<'a> {
+    fn from(c: &'a ClusterRecord) -> Self {
+        let s = &c.spec;
+        ClusterInfo {
+            name: s.name.as_str(),
+            provider: s.provider.as_str(),
+            node_port: s.node_port,
+            pf_port: s.pf_port,
+            http_port: s.http_port,
+            https_port: s.https_port,
+            cluster_subnet: s.cluster_subnet.as_deref(),
+            register_portainer: s.register_portainer,
+            haproxy_route: s.haproxy_route,
+            register_argocd: s.register_argocd,
+            status: c.actual.as_str(),
+            created_at: iso(&c.created_at),
+            updated_at: iso(&c.updated_at),
+            desired_state: c.desired.as_str(),
+            actual_state: c.actual.as_str(),
+            last_reconciled_at: iso(&c.last_reconciled_at),
+            reconcile_error: c.reconcile_error.as_deref(),
+            generation: c.generation,
+            observed_generation: c.observed_generation,
+            attempts: c.attempts,
+            next_attempt_at: iso(&c.next_attempt_at),
+            last_transition_at: iso(&c.last_transition_at),
+            last_action: c.last_action.map(|a| a.as_str()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ClusterStatus<'a> {
+    pub name: &'a str,
+    pub status: &'static str,
+    pub nodes_ready: i64,
+    pub nodes_total: i64,
+    pub portainer_status: &'static str,
+    pub argocd_status: &'static str,
+    pub error_message: Option<&'a str>,
+}
+
+impl<'a> From<&'a ClusterRecord> for ClusterStatus<'a> {
+    fn from(c: &'a ClusterRecord) -> Self {
+        ClusterStatus {
+            name: c.spec.name.as_str(),
+            status: c.actual.as_str(),
+            nodes_ready: c.nodes_ready.unwrap_or(0),
+            nodes_total: c.nodes_total.unwrap_or(0),
+            // kindler does not talk to Portainer or Argo CD itself.
+            portainer_status: "unknown",
+            argocd_status: "unknown",
+            error_message: c.reconcile_error.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct TaskCreate {
+    pub task_id: String,
+    pub status: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct TaskStatus {
+    pub task_id: String,
+    pub status: &'static str,
+    pub progress: u8,
+    pub message: String,
+    pub logs: Vec<String>,
+    pub error: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub service: &'static str,
+    pub version: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct ConfigView<'a> {
+    pub base_domain: &'a str,
+    pub providers: [&'static str; 2],
+    pub default_provider: &'static str,
+    pub default_node_port: u16,
+    pub default_pf_port_range: [u16; 2],
+    pub default_http_port_range: [u16; 2],
+    pub default_https_port_range: [u16; 2],
+}
+
+impl<'a> From<&'a Settings> for ConfigView<'a> {
+    fn from(s: &'a Settings) -> Self {
+        ConfigView {
+            base_domain: &s.base_domain,
+            providers: ["kind", "k3d"],
+            default_provider: "k3d",
+            default_node_port: crate::model::defaults::NODE_PORT,
+            default_pf_port_range: [s.pf_port_range.first, s.pf_port_range.last],
+            default_http_port_range: [s.http_port_range.first, s.http_port_range.last],
+            default_https_port_range: [s.https_port_range.first, s.https_port_range.last],
+        }
+    }
+}
+
+/// A run of the history (`GET /api/clusters/{name}/history`).
+#[derive(Serialize)]
+pub struct RunView<'a> {
+    pub run_id: i64,
+    pub action: &'static str,
+    pub outcome: &'static str,
+    pub generation: i64,
+    pub attempt: u32,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<&'a str>,
+    pub output_tail: &'a [String],
+}
+
+impl<'a> From<&'a RunRecord> for RunView<'a> {
+    fn from(r: &'a RunRecord) -> Self {
+        RunView {
+            run_id: r.id,
+            action: r.action.as_str(),
+            outcome: r.outcome.as_str(),
+            generation: r.generation,
+            attempt: r.attempt,
+            started_at: time::iso(&r.started_at),
+            ended_at: iso(&r.ended_at),
+            duration_ms: r.duration_ms,
+            exit_code: r.exit_code,
+            signal: r.signal,
+            error: r.error.as_deref(),
+            output_tail: &r.output_tail,
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! What the API, the reconciler and the systemd glue share: the store, the current
+//! settings, the wake-up bell, the runs in progress and the liveness heartbeat.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::config::Settings;
+use crate::output::Tail;
+use crate::procs::Target;
+use crate::store::Store;
+
+pub type AppRef = Arc<App>;
+
+pub struct App {
+    pub store: Store,
+    settings: RwLock<Arc<Settings>>,
+    /// Rung by API writes so the reconciler acts at once instead of at its next poll.
+    pub wake: Notify,
+    /// Runs in progress, by run id: their output so far and their processes.
+    pub live: Mutex<HashMap<i64, LiveRun>>,
+    /// The reconciler loop's last turn, for the watchdog.
+    pub heartbeat: Heartbeat,
+}
+
+#[derive(Clone)]
+pub struct LiveRun {
+    pub tail: Arc<Mutex<Tail>>,
+    pub target: Arc<Mutex<Option<Target>>>,
+}
+
+impl App {
+    pub fn new(store: Store, settings: Settings) -> AppRef {
+        Arc::new(App {
+            store,
+            settings: RwLock::new(Arc::new(settings)),
+            wake: Notify::new(),
+            live: Mutex::new(HashMap::new()),
+            heartbeat: Heartbeat::new(),
+        })
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap().clone()
+    }
+
+    pub fn replace_settings(&self, new: Settings) {
+        *self.settings.write().unwrap() = Arc::new(new);
+    }
+
+    /// Output lines of a run in progress, if it is one.
+    pub fn live_lines(&self, run_id: i64) -> Option<Vec<String>> {
+        let live = self.live.lock().unwrap();
+        live.get(&run_id).map(|r| r.tail.lock().unwrap().lines())
+    }
+
+    /// The processes of every run in progress (for the forced stop).
+    pub fn live_targets(&self) -> Vec<Target> {
+        let live = self.live.lock().unwrap();
+        live.values()
+            .filter_map(|r| r.target.lock().unwrap().clone())
+            .collect()
+    }
+}
+
+/// A timestamp the reconciler loop refreshes on every turn.
+pub struct Heartbeat {
+    origin: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    fn new() -> Self {
+        Heartbeat {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn beat(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn age(&self) -> Duration {
+        let now = self.origin.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}

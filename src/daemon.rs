@@ -1,0 +1,285 @@
+//! `kindler serve`: wires the store, the API, the reconciler, signals and systemd together,
+//! and `kindler reconcile --once`, which shares the start-up.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use nix::fcntl::{Flock, FlockArg};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, AppRef};
+use crate::config::{Loader, Settings};
+use crate::log::{self, ids, Event, Priority};
+use crate::reconciler::{Mode, PassReport, Reconciler};
+use crate::store::{clusters, Store};
+use crate::systemd::{self, Listener};
+use crate::api;
+
+/// A start-up failure, with the exit status it maps to.
+pub struct Fatal {
+    pub status: i32,
+    pub message: String,
+}
+
+impl Fatal {
+    fn new(status: i32, message: impl Into<String>) -> Self {
+        Fatal {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// Holds the database's lock file for as long as it lives: one kindler acts on a
+/// database at a time, so a `reconcile --once` cannot race a running daemon.
+pub struct DatabaseLock {
+    _lock: Flock<File>,
+}
+
+pub fn lock_database(db: &Path) -> Result<DatabaseLock, Fatal> {
+    let path = lock_path(db);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Fatal::new(1, format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Fatal::new(1, format!("cannot open {}: {e}", path.display())))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(DatabaseLock { _lock: lock }),
+        Err((_, _)) => Err(Fatal::new(
+            1,
+            format!(
+                "another kindler is already working on {} (it holds {}); \
+                 a running `kindler serve` reconciles continuously",
+                db.display(),
+                path.display()
+            ),
+        )),
+    }
+}
+
+fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    db.with_file_name(name)
+}
+
+/// Opens the store, reporting the migrations applied.
+pub fn open_store(settings: &Settings) -> Result<Store, Fatal> {
+    let (store, applied) = Store::open(&settings.database)
+        .map_err(|e| Fatal::new(1, format!("{}: {e}", settings.database.display())))?;
+    for m in applied {
+        log::info(&format!(
+            "database {}: applied migration {:04} ({})",
+            settings.database.display(),
+            m.version,
+            m.name
+        ));
+    }
+    Ok(store)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `activated` are the sockets systemd passed.
+pub async fn serve(loader: Loader, settings: Settings, activated: Vec<Listener>) -> Result<(), Fatal> {
+    let _lock = lock_database(&settings.database)?;
+    let store = open_store(&settings)?;
+    let listeners = if activated.is_empty() {
+        systemd::bind(settings.listen, settings.listen_unix.as_deref()).map_err(|e| Fatal::new(1, e.to_string()))?
+    } else {
+        activated
+    };
+    if listeners.is_empty() {
+        return Err(Fatal::new(
+            78,
+            "nothing to listen on: no socket was passed and listen and listen_unix are empty",
+        ));
+    }
+    let endpoints: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    warn_about_commands(&settings);
+    let app = App::new(store, settings);
+
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(handle_signals(app.clone(), loader, shutdown.clone()));
+    let api = tokio::spawn(api::serve(app.clone(), listeners, shutdown.clone()));
+    let reconciler = tokio::spawn(Reconciler::new(app.clone(), Mode::Daemon).run(shutdown.clone()));
+
+    // The sockets are listening and the accept loops run; READY=1 once the API can also
+    // read the store.
+    if let Err(e) = api::health(&app).await {
+        return Err(Fatal::new(1, format!("the store cannot be read: {e}")));
+    }
+    let status = match app.store.read(clusters::summary).await {
+        Ok(s) => systemd::status_line(&s, std::time::SystemTime::now()),
+        Err(_) => "ready".into(),
+    };
+    systemd::ready(&status);
+    Event::new(
+        Priority::Notice,
+        format!(
+            "kindler {} ready on {}; database {}",
+            env!("CARGO_PKG_VERSION"),
+            endpoints.join(", "),
+            app.store.path().display()
+        ),
+    )
+    .id(ids::DAEMON_READY)
+    .emit();
+    if let Some(interval) = systemd::watchdog_interval() {
+        tokio::spawn(watchdog(app.clone(), interval));
+    }
+
+    shutdown.cancelled().await;
+    let _ = api.await;
+    let _ = reconciler.await;
+    signals.abort();
+    log::info("kindler stopped");
+    Ok(())
+}
+
+/// `kindler reconcile --once`: one pass over the store, then exit.
+pub async fn reconcile_once(settings: Settings) -> Result<PassReport, Fatal> {
+    let _lock = lock_database(&settings.database)?;
+    let store = open_store(&settings)?;
+    let app = App::new(store, settings);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Ok(mut signals) = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]) {
+            if signals.next().await.is_some() {
+                log::warn("stopping: running actions are being ended");
+                stop.cancel();
+            }
+        }
+    });
+    Ok(Reconciler::new(app, Mode::OnePass).run_once(shutdown).await)
+}
+
+async fn handle_signals(app: AppRef, loader: Loader, shutdown: CancellationToken) {
+    let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => return log::error(&format!("cannot handle signals: {e}")),
+    };
+    while let Some(signal) = signals.next().await {
+        match signal {
+            SIGHUP => reload(&app, &loader),
+            _ if shutdown.is_cancelled() => force_stop(&app),
+            _ => {
+                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                systemd::stopping();
+                Event::new(
+                    Priority::Notice,
+                    format!("{name} received: stopping (running actions are ended and redone at the next start; a second signal stops at once)"),
+                )
+                .id(ids::DAEMON_STOPPING)
+                .emit();
+                shutdown.cancel();
+            }
+        }
+    }
+}
+
+/// A second SIGTERM/SIGINT: kill every action's processes outright and exit.
+fn force_stop(app: &AppRef) -> ! {
+    let targets = app.live_targets();
+    for t in &targets {
+        t.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    log::warn(&format!(
+        "second stop signal: killed the processes of {} running actions and exiting now; they are redone at the next start",
+        targets.len()
+    ));
+    log::flush();
+    std::process::exit(1)
+}
+
+fn reload(app: &AppRef, loader: &Loader) {
+    let new = match loader.load() {
+        Ok(s) => s,
+        Err(e) => {
+            Event::new(
+                Priority::Error,
+                format!("SIGHUP: the new configuration is refused, the old one stays: {e}"),
+            )
+            .id(ids::CONFIG_REJECTED)
+            .emit();
+            return;
+        }
+    };
+    systemd::reloading();
+    let old = app.settings();
+    for key in old.restart_only_changes(&new) {
+        log::warn(&format!("{key} changed; this takes effect at the next start"));
+    }
+    let mut new = new;
+    // Settings that only apply at start-up keep their running values.
+    new.database = old.database.clone();
+    new.listen = old.listen;
+    new.listen_unix = old.listen_unix.clone();
+    new.log_target = old.log_target;
+    log::set_level(new.log_level);
+    warn_about_commands(&new);
+    app.replace_settings(new);
+    app.wake.notify_one();
+    Event::new(Priority::Notice, "configuration reloaded").id(ids::CONFIG_RELOADED).emit();
+    let status = app
+        .store
+        .read_blocking(clusters::summary)
+        .map(|s| systemd::status_line(&s, std::time::SystemTime::now()))
+        .unwrap_or_else(|_| "ready".into());
+    systemd::ready(&status);
+}
+
+/// Pings systemd's watchdog while the reconciler loop turns and the API reaches the
+/// store; a wedged loop stops the pings, and systemd restarts the daemon.
+async fn watchdog(app: AppRef, interval: Duration) {
+    let every = interval / 2;
+    let poll = app.settings().poll_interval;
+    let tolerance = every.max(poll * 2);
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let loop_alive = app.heartbeat.age() <= tolerance;
+        let api_alive = matches!(tokio::time::timeout(every, api::health(&app)).await, Ok(Ok(())));
+        if loop_alive && api_alive {
+            systemd::watchdog();
+            warned = false;
+        } else if !warned {
+            warned = true;
+            log::error(&format!(
+                "not pinging the watchdog: reconciler loop {} (last turn {:?} ago), API {}",
+                if loop_alive { "alive" } else { "stalled" },
+                app.heartbeat.age(),
+                if api_alive { "alive" } else { "cannot reach the store" }
+            ));
+        }
+    }
+}
+
+/// Logs commands that cannot be run as configured (they fail at use, but say so early).
+fn warn_about_commands(settings: &Settings) {
+    use std::os::unix::fs::PermissionsExt;
+    let c = &settings.commands;
+    for (action, cmd) in [
+        ("create", &c.create),
+        ("delete", &c.delete),
+        ("start", &c.start),
+        ("stop", &c.stop),
+        ("probe", &c.probe),
+    ] {
+        if !cmd.program.is_absolute() {
+            continue; // looked up in PATH when run
+        }
+        match std::fs::metadata(&cmd.program) {
+            Ok(m) if m.permissions().mode() & 0o111 != 0 => {}
+            Ok(_) => log::warn(&format!("{action} command {} is not executable", cmd.program.display())),
+            Err(e) => log::warn(&format!("{action} command {}: {e}", cmd.program.display())),
+        }
+    }
+}

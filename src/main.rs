@@ -1,0 +1,150 @@
+//! kindler: declare local Kubernetes clusters (k3d or kind) over HTTP; a reconciler in the
+//! same daemon makes them exist, by running the host's scripts.
+
+mod api;
+mod app;
+mod config;
+mod daemon;
+mod log;
+mod model;
+mod output;
+mod procs;
+mod reconciler;
+mod runner;
+mod store;
+mod systemd;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use config::{Loader, SettingArgs};
+use daemon::Fatal;
+
+/// Exit status for a configuration that cannot be used (sysexits' EX_CONFIG); the unit
+/// file does not restart on it.
+const EX_CONFIG: i32 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "kindler",
+    version,
+    about = "Declarative reconciler for local k3d and kind clusters, as a systemd service",
+    long_about = "kindler keeps the clusters you declare over its HTTP API in SQLite and makes \
+                  them exist by running create/delete/start/stop scripts, retrying failures \
+                  with backoff. Settings come from the TOML file, KINDLER_* variables and \
+                  flags, in that order of precedence (lowest first)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: serve the API and reconcile continuously.
+    Serve {
+        #[command(flatten)]
+        settings: SettingArgs,
+    },
+    /// Make one reconcile pass over the store and exit (1 if an action failed).
+    Reconcile {
+        /// Required: act on every cluster once, ignoring backoff timers, then exit.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        settings: SettingArgs,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate {
+        #[command(flatten)]
+        settings: SettingArgs,
+    },
+}
+
+fn main() {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let sub = matches.subcommand().map(|(_, m)| m.clone()).expect("a subcommand is required");
+    let status = match cli.command {
+        Command::Serve { settings } => serve(Loader::new(settings, &sub)),
+        Command::Reconcile { once, settings } => reconcile(once, Loader::new(settings, &sub)),
+        Command::Migrate { settings } => migrate(Loader::new(settings, &sub)),
+    };
+    log::flush();
+    std::process::exit(status)
+}
+
+fn load(loader: &Loader) -> Result<config::Settings, Fatal> {
+    loader.load().map_err(|e| Fatal {
+        status: EX_CONFIG,
+        message: format!("configuration error: {e}"),
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .thread_keep_alive(std::time::Duration::from_secs(10))
+        .thread_name("kindler")
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime")
+}
+
+fn report(result: Result<i32, Fatal>) -> i32 {
+    match result {
+        Ok(status) => status,
+        Err(fatal) => {
+            log::error(&fatal.message);
+            fatal.status
+        }
+    }
+}
+
+fn serve(loader: Loader) -> i32 {
+    // Sockets are taken (and LISTEN_* removed from the environment) while the process
+    // still has a single thread.
+    let activated = match systemd::take_activated_sockets() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot use the sockets passed by systemd: {e}");
+            return 1;
+        }
+    };
+    report((|| {
+        let settings = load(&loader)?;
+        log::init(settings.log_target, settings.log_level);
+        runtime().block_on(daemon::serve(loader, settings, activated))?;
+        Ok(0)
+    })())
+}
+
+fn reconcile(once: bool, loader: Loader) -> i32 {
+    if !once {
+        eprintln!("kindler reconcile needs --once; `kindler serve` reconciles continuously");
+        return 2;
+    }
+    report((|| {
+        let settings = load(&loader)?;
+        log::init(config::LogTarget::Stderr, settings.log_level);
+        let pass = runtime().block_on(daemon::reconcile_once(settings))?;
+        log::info(&format!(
+            "reconcile pass done: {} actions succeeded, {} failed",
+            pass.succeeded, pass.failed
+        ));
+        Ok(if pass.failed == 0 { 0 } else { 1 })
+    })())
+}
+
+fn migrate(loader: Loader) -> i32 {
+    report((|| {
+        let settings = load(&loader)?;
+        log::init(config::LogTarget::Stderr, settings.log_level);
+        daemon::open_store(&settings)?;
+        log::info(&format!("database {} is up to date", settings.database.display()));
+        Ok(0)
+    })())
+}

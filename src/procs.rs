@@ -1,0 +1,130 @@
+//! Finding and ending the processes of an action: by process group, and by the tag every
+//! process of a run inherits in its environment (which also finds a process that left the
+//! group with `setsid`, and lets a restarted daemon find what a dead one left behind).
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+/// The environment variable that carries a run's tag into all its processes.
+pub const TAG_VAR: &str = "KINDLER_PROCESS_TAG";
+
+/// How often a group is looked at while waiting for it to end.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A set of processes belonging to one run.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The run's process group, while its leader is not yet reaped (so the id cannot have
+    /// been reused by an unrelated group).
+    pub pgid: Option<i32>,
+    pub tag: String,
+}
+
+impl Target {
+    /// Live (non-zombie) processes of the target, not counting this daemon.
+    pub fn live(&self) -> Vec<i32> {
+        let me = std::process::id() as i32;
+        let needle = format!("{TAG_VAR}={}", self.tag);
+        let mut found = Vec::new();
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return found;
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Some((state, pgrp)) = stat(pid) else {
+                continue;
+            };
+            if state == 'Z' || state == 'X' {
+                continue;
+            }
+            if Some(pgrp) == self.pgid || has_env(pid, needle.as_bytes()) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    /// Sends `sig` to the group and to every tagged process.
+    pub fn signal(&self, sig: Signal) {
+        if let Some(pgid) = self.pgid {
+            match killpg(Pid::from_raw(pgid), sig) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => crate::log::debug(&format!("killpg({pgid}, {sig}) failed: {e}")),
+            }
+        }
+        for pid in self.live() {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// Waits until no live process is left or `deadline` passes; true when none is left.
+    pub async fn wait_gone(&self, deadline: Instant) -> bool {
+        loop {
+            if self.live().is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL for whatever is still there after `grace`.
+    /// Returns how many processes had to be killed with SIGKILL.
+    pub async fn terminate(&self, grace: Duration) -> usize {
+        if self.live().is_empty() {
+            return 0;
+        }
+        self.signal(Signal::SIGTERM);
+        if self.wait_gone(Instant::now() + grace).await {
+            return 0;
+        }
+        let stubborn = self.live().len();
+        self.signal(Signal::SIGKILL);
+        self.wait_gone(Instant::now() + Duration::from_secs(2)).await;
+        stubborn
+    }
+}
+
+/// State letter and process group of a process, from `/proc/PID/stat`.
+fn stat(pid: i32) -> Option<(char, i32)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain ") ", so split at the last.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+fn has_env(pid: i32, needle: &[u8]) -> bool {
+    match fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => env.split(|b| *b == 0).any(|var| var == needle),
+        Err(_) => false,
+    }
+}
+
+/// A fresh random tag for a run.
+pub fn new_tag() -> String {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{:016x}{:08x}", u64::from_ne_bytes(bytes) ^ nanos, std::process::id())
+}

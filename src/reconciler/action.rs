@@ -1,0 +1,291 @@
+//! Carrying out one action: the commands it consists of, their argument vectors and
+//! environment, and what their output says.
+
+use std::ffi::OsString;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{AppRef, LiveRun};
+use crate::config::Settings;
+use crate::log::{ids, Event, Priority};
+use crate::model::{Action, ClusterSpec};
+use crate::procs::Target;
+use crate::runner::{self, Ending, Invocation, Limits};
+use crate::store::clusters::ClusterRecord;
+use crate::store::runs;
+
+/// Script output lines sent to the journal per run before the rate limit applies, and
+/// the rate after that; every line still reaches the run's history tail.
+const JOURNAL_BURST: f64 = 500.0;
+const JOURNAL_LINES_PER_SEC: f64 = 100.0;
+
+/// An action about to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub run_id: i64,
+    pub record: ClusterRecord,
+    pub action: Action,
+    pub attempt: u32,
+    pub tag: String,
+}
+
+/// How an action went.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The ending of the command that ended the action (the last one, or the one that failed).
+    pub ending: Ending,
+    /// The command that ended it: a create ends with its probe when the probe fails.
+    pub step: Action,
+    pub duration: Duration,
+    pub tail: Vec<String>,
+    /// Ready and total nodes, when a probe printed `kubectl get nodes` lines.
+    pub nodes: Option<(i64, i64)>,
+    pub leftovers: usize,
+    /// Processes that ignored SIGTERM for the whole grace period and got SIGKILL.
+    pub killed: usize,
+}
+
+/// The commands an action runs, in order; each must succeed for the next to run.
+/// Creating and starting end with the probe, so "running" is verified, not assumed.
+fn steps(action: Action) -> &'static [Action] {
+    match action {
+        Action::Create => &[Action::Create, Action::Probe],
+        Action::Start => &[Action::Start, Action::Probe],
+        Action::Stop => &[Action::Stop],
+        Action::Delete => &[Action::Delete],
+        Action::Probe => &[Action::Probe],
+    }
+}
+
+pub async fn execute(
+    app: AppRef,
+    plan: Plan,
+    settings: Arc<Settings>,
+    cancel: CancellationToken,
+    live: LiveRun,
+) -> Finished {
+    let started = Instant::now();
+    let deadline = started + settings.action_timeout;
+    let mut journal = JournalTap::new(&plan);
+    let mut last = None;
+    let mut nodes = None;
+    let (mut leftovers, mut killed) = (0, 0);
+    for &step in steps(plan.action) {
+        let inv = invocation(&settings, &plan, step);
+        let limits = Limits {
+            timeout: deadline.saturating_duration_since(Instant::now()),
+            grace: settings.kill_grace,
+        };
+        let probe_lines = Arc::new(Mutex::new(Vec::new()));
+        let mut on_line = {
+            let tail = live.tail.clone();
+            let probe_lines = probe_lines.clone();
+            let journal = &mut journal;
+            move |line: &str| {
+                tail.lock().unwrap().push(line);
+                journal.line(line);
+                if step == Action::Probe {
+                    probe_lines.lock().unwrap().push(line.to_owned());
+                }
+            }
+        };
+        let on_spawn = |pgid: i32| {
+            *live.target.lock().unwrap() = Some(Target {
+                pgid: Some(pgid),
+                tag: plan.tag.clone(),
+            });
+            let store = app.store.clone();
+            let run_id = plan.run_id;
+            tokio::spawn(async move {
+                let _ = store.write(move |tx| runs::set_pgid(tx, run_id, pgid)).await;
+            });
+        };
+        let report = runner::run(&inv, limits, &cancel, on_spawn, &mut on_line).await;
+        *live.target.lock().unwrap() = None;
+        leftovers += report.leftovers;
+        killed += report.killed;
+        if step == Action::Probe {
+            nodes = count_nodes(&probe_lines.lock().unwrap());
+        }
+        let ok = matches!(report.ending, Ending::Exited(e) if e.success());
+        last = Some((report.ending, step));
+        if !ok {
+            break;
+        }
+    }
+    journal.finish();
+    let (ending, step) = last.expect("every action has at least one step");
+    let tail = live.tail.lock().unwrap().lines();
+    Finished {
+        ending,
+        step,
+        duration: started.elapsed(),
+        tail,
+        nodes,
+        leftovers,
+        killed,
+    }
+}
+
+/// The argument vector and environment of one command of an action.
+pub fn invocation(settings: &Settings, plan: &Plan, step: Action) -> Invocation {
+    let command = settings.commands.for_action(step);
+    let spec = &plan.record.spec;
+    let mut args: Vec<OsString> = command.args.iter().map(OsString::from).collect();
+    args.extend(step_args(spec, step).into_iter().map(OsString::from));
+    Invocation {
+        program: command.program.clone().into_os_string(),
+        args,
+        env: environment(plan, step),
+        tag: plan.tag.clone(),
+    }
+}
+
+/// `create_env.sh`'s interface for create; `-n NAME -p PROVIDER` for the rest.
+fn step_args(spec: &ClusterSpec, step: Action) -> Vec<String> {
+    let mut args = vec![
+        "-n".to_owned(),
+        spec.name.to_string(),
+        "-p".to_owned(),
+        spec.provider.to_string(),
+    ];
+    if step == Action::Create {
+        let flag = |on: bool, name: &str| {
+            if on {
+                format!("--{name}")
+            } else {
+                format!("--no-{name}")
+            }
+        };
+        args.extend([
+            "--node-port".to_owned(),
+            spec.node_port.to_string(),
+            "--pf-port".to_owned(),
+            spec.pf_port.to_string(),
+            flag(spec.register_portainer, "register-portainer"),
+            flag(spec.haproxy_route, "haproxy-route"),
+            flag(spec.register_argocd, "register-argocd"),
+        ]);
+    }
+    args
+}
+
+/// Every field of the cluster as `KINDLER_*`, for scripts that want more than the flags.
+fn environment(plan: &Plan, step: Action) -> Vec<(String, String)> {
+    let spec = &plan.record.spec;
+    let bit = |b: bool| if b { "1" } else { "0" }.to_owned();
+    let mut env = vec![
+        ("KINDLER_CLUSTER", spec.name.to_string()),
+        ("KINDLER_PROVIDER", spec.provider.to_string()),
+        ("KINDLER_CONTEXT", spec.provider.context(&spec.name)),
+        ("KINDLER_NODE_PORT", spec.node_port.to_string()),
+        ("KINDLER_PF_PORT", spec.pf_port.to_string()),
+        ("KINDLER_HTTP_PORT", spec.http_port.to_string()),
+        ("KINDLER_HTTPS_PORT", spec.https_port.to_string()),
+        ("KINDLER_REGISTER_PORTAINER", bit(spec.register_portainer)),
+        ("KINDLER_HAPROXY_ROUTE", bit(spec.haproxy_route)),
+        ("KINDLER_REGISTER_ARGOCD", bit(spec.register_argocd)),
+        ("KINDLER_ACTION", step.to_string()),
+        ("KINDLER_RUN_ID", plan.run_id.to_string()),
+        ("KINDLER_ATTEMPT", plan.attempt.to_string()),
+        ("KINDLER_GENERATION", plan.record.generation.to_string()),
+    ];
+    if let Some(subnet) = &spec.cluster_subnet {
+        env.push(("KINDLER_CLUSTER_SUBNET", subnet.clone()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Counts nodes in `kubectl get nodes` output (`NAME STATUS ...` lines).
+fn count_nodes(lines: &[String]) -> Option<(i64, i64)> {
+    let (mut ready, mut total) = (0, 0);
+    for line in lines {
+        let mut cols = line.split_whitespace();
+        let (Some(_name), Some(status)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        let state = status.split(',').next().unwrap_or("");
+        if state == "Ready" {
+            ready += 1;
+            total += 1;
+        } else if state == "NotReady" || state == "Unknown" {
+            total += 1;
+        }
+    }
+    (total > 0).then_some((ready, total))
+}
+
+/// Forwards a run's output lines to the journal, tagged with the cluster and run, with a
+/// token bucket so that a script printing gigabytes does not flood it.
+struct JournalTap {
+    template: Event,
+    tokens: f64,
+    refilled: Instant,
+    suppressed: u64,
+}
+
+impl JournalTap {
+    fn new(plan: &Plan) -> Self {
+        let spec = &plan.record.spec;
+        JournalTap {
+            template: Event::new(Priority::Info, "")
+                .id(ids::SCRIPT_OUTPUT)
+                .field("CLUSTER", &spec.name)
+                .field("PROVIDER", spec.provider)
+                .field("ACTION", plan.action)
+                .field("RUN_ID", plan.run_id),
+            tokens: JOURNAL_BURST,
+            refilled: Instant::now(),
+            suppressed: 0,
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * JOURNAL_LINES_PER_SEC;
+        self.tokens = (self.tokens + earned).min(JOURNAL_BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            self.suppressed += 1;
+            return;
+        }
+        self.tokens -= 1.0;
+        let mut event = self.template.clone();
+        event.message = line.to_owned();
+        event.emit();
+    }
+
+    fn finish(&mut self) {
+        if self.suppressed > 0 {
+            let mut event = self.template.clone();
+            event.priority = Priority::Notice;
+            event.message = format!(
+                "{} output lines were not sent to the journal (rate limit); the last lines are in the run's history",
+                self.suppressed
+            );
+            event.emit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_kubectl_nodes() {
+        let lines: Vec<String> = [
+            "k3d-dev-server-0   Ready    control-plane,master   1m   v1.29.1+k3s1",
+            "k3d-dev-agent-0    NotReady <none>                 1m   v1.29.1+k3s1",
+            "k3d-dev-agent-1    Ready,SchedulingDisabled <none> 1m   v1.29.1+k3s1",
+            "some other chatter",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(count_nodes(&lines), Some((2, 3)));
+        assert_eq!(count_nodes(&["hello world".to_string()]), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! The state machine: what to do about one cluster, given what was declared and what was
+//! last observed. Pure: no I/O, so every transition is covered by the unit tests below.
+//!
+//! | desired   | actual                                  | action                    |
+//! |-----------|-----------------------------------------|---------------------------|
+//! | absent    | anything                                | delete, then drop the row |
+//! | present   | running                                 | probe, every resync       |
+//! | present   | stopped, starting, stopping             | start                     |
+//! | present   | failed after a start or stop            | start                     |
+//! | present   | unknown, creating, deleting, failed     | create                    |
+//! | stopped   | stopped                                 | nothing                   |
+//! | stopped   | running, starting, stopping, failed stop/start | stop               |
+//! | stopped   | unknown, creating, deleting, failed create | create (then stop)     |
+//!
+//! A transitional state (`creating`, ...) found while no action runs means the daemon
+//! stopped in the middle of that action; the table redoes it. A failure waits for its
+//! backoff (`next_attempt_at`) first.
+
+use std::time::{Duration, SystemTime};
+
+use crate::model::{Action, ActualState as A, DesiredState as D};
+use crate::store::clusters::ClusterRecord;
+use crate::store::time;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Run this action now.
+    Act(Action),
+    /// Nothing to do before this time.
+    At(SystemTime),
+    /// Converged; nothing to do until the declaration changes.
+    Idle,
+}
+
+/// How strictly timers are honoured: the daemon waits for backoff and resync; a one-off
+/// `reconcile --once` pass acts on everything at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub resync: Duration,
+    pub honour_timers: bool,
+}
+
+pub fn decide(c: &ClusterRecord, now: SystemTime, policy: Policy) -> Decision {
+    if policy.honour_timers {
+        if let Some(due) = c.next_attempt_at.as_deref().and_then(time::parse) {
+            if due > now {
+                return Decision::At(due);
+            }
+        }
+    }
+    let after_power_action = matches!(c.last_action, Some(Action::Start | Action::Stop));
+    let action = match (c.desired, c.actual) {
+        (D::Absent, _) => Action::Delete,
+        (D::Present, A::Running) => return resync(c, now, policy),
+        (D::Present, A::Stopped | A::Starting | A::Stopping) => Action::Start,
+        (D::Present, A::Failed) if after_power_action => Action::Start,
+        (D::Present, A::Unknown | A::Creating | A::Deleting | A::Failed) => Action::Create,
+        (D::Stopped, A::Stopped) => return Decision::Idle,
+        (D::Stopped, A::Running | A::Starting | A::Stopping) => Action::Stop,
+        (D::Stopped, A::Failed) if after_power_action => Action::Stop,
+        (D::Stopped, A::Unknown | A::Creating | A::Deleting | A::Failed) => Action::Create,
+    };
+    Decision::Act(action)
+}
+
+/// A running cluster is probed once per resync period.
+fn resync(c: &ClusterRecord, now: SystemTime, policy: Policy) -> Decision {
+    if !policy.honour_timers {
+        return Decision::Act(Action::Probe);
+    }
+    match c.last_reconciled_at.as_deref().and_then(time::parse) {
+        Some(last) if last + policy.resync > now => Decision::At(last + policy.resync),
+        _ => Decision::Act(Action::Probe),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ClusterName, ClusterSpec, Provider};
+
+    fn record(desired: D, actual: A, last_action: Option<Action>) -> ClusterRecord {
+        ClusterRecord {
+            id: 1,
+            spec: ClusterSpec {
+                name: ClusterName::parse("dev").unwrap(),
+                provider: Provider::K3d,
+                node_port: 30080,
+                pf_port: 19001,
+                http_port: 18090,
+                https_port: 18443,
+                cluster_subnet: None,
+                register_portainer: true,
+                haproxy_route: true,
+                register_argocd: true,
+            },
+            desired,
+            actual,
+            created_at: None,
+            updated_at: None,
+            last_reconciled_at: None,
+            last_transition_at: None,
+            next_attempt_at: None,
+            reconcile_error: None,
+            generation: 1,
+            observed_generation: 0,
+            attempts: 0,
+            last_action,
+        nodes_ready: None,
+            nodes_total: None,
+        }
+    }
+
+    const DAEMON: Policy = Policy {
+        resync: Duration::from_secs(300),
+        honour_timers: true,
+    };
+
+    fn act(desired: D, actual: A, last: Option<Action>) -> Decision {
+        decide(&record(desired, actual, last), SystemTime::now(), DAEMON)
+    }
+
+    #[test]
+    fn the_table_holds() {
+        use Action::*;
+        let cases = [
+            (D::Present, A::Unknown, None, Decision::Act(Create)),
+            (D::Present, A::Creating, Some(Create), Decision::Act(Create)),
+            (D::Present, A::Failed, Some(Create), Decision::Act(Create)),
+            (D::Present, A::Failed, Some(Probe), Decision::Act(Create)),
+            (D::Present, A::Failed, Some(Start), Decision::Act(Start)),
+            (D::Present, A::Stopped, Some(Stop), Decision::Act(Start)),
+            (D::Present, A::Stopping, Some(Stop), Decision::Act(Start)),
+            (D::Present, A::Deleting, Some(Delete), Decision::Act(Create)),
+            (D::Present, A::Running, None, Decision::Act(Probe)),
+            (D::Absent, A::Running, None, Decision::Act(Delete)),
+            (D::Absent, A::Unknown, None, Decision::Act(Delete)),
+            (D::Absent, A::Creating, Some(Create), Decision::Act(Delete)),
+            (D::Stopped, A::Running, None, Decision::Act(Stop)),
+            (D::Stopped, A::Stopped, Some(Stop), Decision::Idle),
+            (D::Stopped, A::Failed, Some(Stop), Decision::Act(Stop)),
+            (D::Stopped, A::Unknown, None, Decision::Act(Create)),
+        ];
+        for (desired, actual, last, want) in cases {
+            assert_eq!(act(desired, actual, last), want, "{desired} {actual} {last:?}");
+        }
+    }
+
+    #[test]
+    fn running_clusters_are_probed_once_per_resync() {
+        let now = SystemTime::now();
+        let mut c = record(D::Present, A::Running, Some(Action::Create));
+        c.last_reconciled_at = Some(time::text(now - Duration::from_secs(10)));
+        match decide(&c, now, DAEMON) {
+            Decision::At(t) => assert!(t > now && t <= now + DAEMON.resync),
+            other => panic!("expected a wait, got {other:?}"),
+        }
+        c.last_reconciled_at = Some(time::text(now - Duration::from_secs(301)));
+        assert_eq!(decide(&c, now, DAEMON), Decision::Act(Action::Probe));
+    }
+
+    #[test]
+    fn backoff_is_honoured_by_the_daemon_but_not_by_a_one_off_pass() {
+        let now = SystemTime::now();
+        let mut c = record(D::Present, A::Failed, Some(Action::Create));
+        c.next_attempt_at = Some(time::text(now + Duration::from_secs(60)));
+        assert!(matches!(decide(&c, now, DAEMON), Decision::At(_)));
+        let once = Policy {
+            honour_timers: false,
+            ..DAEMON
+        };
+        assert_eq!(decide(&c, now, once), Decision::Act(Action::Create));
+    }
+}

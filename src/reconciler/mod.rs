@@ -1,0 +1,814 @@
+//! The reconciler: one loop that makes observed state match declared state.
+//!
+//! It is level-triggered: whatever woke it (an API write, a row another program wrote, a
+//! finished action, a timer), it looks at the clusters that are due and asks [`decide`]
+//! what to do. At most one action runs per cluster and at most `max_concurrent_actions` in
+//! all. Each action runs in its own task; the loop only starts them, cancels them and
+//! records how they ended, so it never waits on a script.
+
+pub mod action;
+pub mod backoff;
+pub mod decide;
+mod schedule;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{AppRef, LiveRun};
+use crate::config::Settings;
+use crate::log::{self, ids, Event, Priority};
+use crate::model::{Action, ActualState, DesiredState, RunOutcome};
+use crate::output::Tail;
+use crate::procs::{self, Target};
+use crate::runner::Ending;
+use crate::store::clusters::{self, ActionResult, ClusterRecord};
+use crate::store::{runs, time, StoreResult};
+use crate::systemd;
+
+use action::{Finished, Plan};
+use decide::{decide, Decision, Policy};
+use schedule::Schedule;
+
+/// How often old history is pruned.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+/// Output lines quoted in a cluster's `reconcile_error`.
+const ERROR_LINES: usize = 10;
+
+/// Whether the reconciler runs for good or makes one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Daemon,
+    /// `kindler reconcile --once`: every cluster gets at most one action, timers ignored.
+    OnePass,
+}
+
+/// Why a running action was cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CancelReason {
+    /// The declared state moved away from what the action works toward.
+    Redeclared(Option<DesiredState>),
+    /// The daemon is stopping.
+    Shutdown,
+}
+
+struct Running {
+    action: Action,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<CancelReason>>>,
+}
+
+struct Done {
+    plan: Plan,
+    finished: Finished,
+    reason: Option<CancelReason>,
+}
+
+/// What a pass of `reconcile --once` did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassReport {
+    pub succeeded: usize,
+    pub failed: usize,
+}
+
+pub struct Reconciler {
+    app: AppRef,
+    mode: Mode,
+    schedule: Schedule,
+    running: HashMap<i64, Running>,
+    /// Highest `change_seq` seen: the change feed is read from here on.
+    cursor: i64,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    next_poll: Instant,
+    next_maintenance: Instant,
+    status_dirty: bool,
+    /// Invalid rows already reported, so each is logged once.
+    ignored: HashSet<i64>,
+    /// Clusters acted on in this pass (one-pass mode).
+    visited: HashSet<i64>,
+    report: PassReport,
+}
+
+impl Reconciler {
+    pub fn new(app: AppRef, mode: Mode) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Reconciler {
+            app,
+            mode,
+            schedule: Schedule::default(),
+            running: HashMap::new(),
+            cursor: 0,
+            done_tx,
+            done_rx,
+            next_poll: Instant::now(),
+            next_maintenance: Instant::now() + MAINTENANCE_EVERY,
+            status_dirty: true,
+            ignored: HashSet::new(),
+            visited: HashSet::new(),
+            report: PassReport::default(),
+        }
+    }
+
+    /// Runs until `shutdown`, then cancels the running actions and records them.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.recover().await;
+        self.load_all().await;
+        loop {
+            self.app.heartbeat.beat();
+            fault::maybe_wedge().await;
+            self.dispatch().await;
+            let wake_at = self.next_wake();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.app.wake.notified() => self.sync_changes().await,
+                Some(done) = self.done_rx.recv() => self.finish(done).await,
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
+            }
+            if Instant::now() >= self.next_poll {
+                self.poll().await;
+            }
+        }
+        self.stop_all().await;
+    }
+
+    /// One pass over the store; returns when every action it started has ended.
+    pub async fn run_once(mut self, shutdown: CancellationToken) -> PassReport {
+        self.recover().await;
+        self.load_all().await;
+        loop {
+            self.dispatch().await;
+            if self.running.is_empty() && self.schedule.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(done) = self.done_rx.recv() => self.finish(done).await,
+            }
+        }
+        self.stop_all().await;
+        self.report
+    }
+
+    fn policy(&self, settings: &Settings) -> Policy {
+        Policy {
+            resync: settings.resync_interval,
+            honour_timers: self.mode == Mode::Daemon,
+        }
+    }
+
+    /// The next time the loop must look even if nothing wakes it.
+    fn next_wake(&self) -> Instant {
+        let settings = self.app.settings();
+        let mut at = self.next_poll;
+        if self.running.len() < settings.max_concurrent_actions {
+            if let Some(due) = self.schedule.next_due() {
+                at = at.min(due);
+            }
+        }
+        at
+    }
+
+    /// Ends what a previous daemon left behind: runs that never recorded an end (it was
+    /// killed), and the processes of those runs that are still alive.
+    async fn recover(&mut self) {
+        let unfinished = match self.app.store.read(runs::unfinished).await {
+            Ok(u) => u,
+            Err(e) => return log::error(&format!("cannot read unfinished runs: {e}")),
+        };
+        let grace = self.app.settings().kill_grace;
+        let endings = unfinished.iter().map(|run| async move {
+            match &run.process_tag {
+                Some(tag) => {
+                    let target = Target { pgid: None, tag: tag.clone() };
+                    let found = target.live().len();
+                    target.terminate(grace).await;
+                    found
+                }
+                None => 0,
+            }
+        });
+        let ended = futures_util::future::join_all(endings).await;
+        for (run, orphans) in unfinished.into_iter().zip(ended) {
+            let action = run.action.map(|a| a.as_str()).unwrap_or("action");
+            let note = format!(
+                "{action} was interrupted: kindler stopped while it ran (killed or crashed); it is redone now"
+            );
+            let cluster_note = note.clone();
+            let redo = run.action.and_then(Action::in_progress_state).is_some();
+            let res = self
+                .app
+                .store
+                .write(move |tx| {
+                    runs::mark_interrupted(tx, run.id, &note)?;
+                    if redo {
+                        clusters::mark_interrupted(tx, run.cluster_id, &cluster_note)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = res {
+                log::error(&format!("cannot record run {} as interrupted: {e}", run.id));
+            }
+            Event::new(
+                Priority::Warning,
+                format!(
+                    "{action} of cluster {} (run {}, process group {}) was interrupted by a previous stop of kindler; it will be redone",
+                    run.cluster_name,
+                    run.id,
+                    run.pgid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
+                ),
+            )
+            .id(ids::ACTION_INTERRUPTED)
+            .field("CLUSTER", &run.cluster_name)
+            .field("ACTION", action)
+            .field("RUN_ID", run.id)
+            .emit();
+            if orphans > 0 {
+                Event::new(
+                    Priority::Warning,
+                    format!(
+                        "ended {orphans} leftover processes of run {} ({action} of {})",
+                        run.id, run.cluster_name
+                    ),
+                )
+                .id(ids::ORPHANS_ENDED)
+                .field("CLUSTER", &run.cluster_name)
+                .field("RUN_ID", run.id)
+                .emit();
+            }
+        }
+    }
+
+    /// Puts every cluster on the schedule: running ones at their next resync, the rest now.
+    async fn load_all(&mut self) {
+        let loaded = self
+            .app
+            .store
+            .read(|conn| Ok((clusters::max_change_seq(conn)?, clusters::schedule_rows(conn)?)))
+            .await;
+        let (cursor, rows) = match loaded {
+            Ok(v) => v,
+            Err(e) => return log::error(&format!("cannot load clusters: {e}")),
+        };
+        self.cursor = cursor;
+        let resync = self.app.settings().resync_interval;
+        let now = Instant::now();
+        for row in rows {
+            let converged = self.mode == Mode::Daemon
+                && row.actual == ActualState::Running
+                && row.desired.as_deref().unwrap_or("present") == "present";
+            let due = match row.last_reconciled_at.as_deref().and_then(time::parse) {
+                Some(last) if converged => instant_at(last + resync),
+                _ => now,
+            };
+            self.schedule.set(row.id, due);
+        }
+    }
+
+    /// Reads the change feed: rows inserted or re-declared since the cursor.
+    async fn sync_changes(&mut self) {
+        let cursor = self.cursor;
+        let changed = match self.app.store.read(move |c| clusters::changed_since(c, cursor)).await {
+            Ok(c) => c,
+            Err(e) => return log::error(&format!("cannot read changes: {e}")),
+        };
+        let now = Instant::now();
+        let mut recheck = Vec::new();
+        for (id, seq) in changed {
+            self.cursor = self.cursor.max(seq);
+            self.schedule.soon(id, now);
+            self.ignored.remove(&id);
+            if self.running.contains_key(&id) {
+                recheck.push(id);
+            }
+        }
+        for id in recheck {
+            self.cancel_if_redeclared(id).await;
+        }
+    }
+
+    /// Cancels a running action whose goal is no longer what is declared.
+    async fn cancel_if_redeclared(&mut self, id: i64) {
+        let desired = match self.load(id).await {
+            Some(Ok(rec)) => Some(rec.desired),
+            Some(Err(_)) | None => None,
+        };
+        let Some(running) = self.running.get(&id) else { return };
+        if desired == Some(running.action.goal()) {
+            return;
+        }
+        *running.reason.lock().unwrap() = Some(CancelReason::Redeclared(desired));
+        running.cancel.cancel();
+    }
+
+    async fn poll(&mut self) {
+        let settings = self.app.settings();
+        self.next_poll = Instant::now() + settings.poll_interval;
+        match self.app.store.external_change() {
+            Ok(true) => self.sync_changes().await,
+            Ok(false) => {}
+            Err(e) => log::error(&format!("cannot check the database for changes: {e}")),
+        }
+        if self.status_dirty {
+            self.status_dirty = false;
+            if let Ok(summary) = self.app.store.read(clusters::summary).await {
+                systemd::status(&systemd::status_line(&summary, SystemTime::now()));
+            }
+        }
+        if Instant::now() >= self.next_maintenance {
+            self.next_maintenance = Instant::now() + MAINTENANCE_EVERY;
+            let max_age = settings.history_max_age;
+            if let Err(e) = self.app.store.write(move |tx| runs::prune_old(tx, max_age)).await {
+                log::warn(&format!("cannot prune old history: {e}"));
+            }
+        }
+    }
+
+    async fn load(&self, id: i64) -> Option<clusters::Parsed> {
+        match self.app.store.read(move |c| clusters::by_id(c, id)).await {
+            Ok(row) => row,
+            Err(e) => {
+                log::error(&format!("cannot read cluster row {id}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Starts actions for due clusters while there is room.
+    async fn dispatch(&mut self) {
+        let settings = self.app.settings();
+        let policy = self.policy(&settings);
+        while self.running.len() < settings.max_concurrent_actions {
+            let Some(id) = self.schedule.pop_due(Instant::now()) else {
+                break;
+            };
+            // A running cluster is looked at again when its action ends.
+            if self.running.contains_key(&id) || self.visited.contains(&id) {
+                continue;
+            }
+            let record = match self.load(id).await {
+                None => continue,
+                Some(Err(invalid)) => {
+                    if self.ignored.insert(id) {
+                        Event::new(Priority::Warning, invalid.to_string())
+                            .id(ids::ROW_IGNORED)
+                            .field("CLUSTER", &invalid.name)
+                            .emit();
+                    }
+                    continue;
+                }
+                Some(Ok(record)) => record,
+            };
+            match decide(&record, SystemTime::now(), policy) {
+                Decision::Act(action) => self.start(record, action, settings.clone()).await,
+                Decision::At(t) => self.schedule.set(id, instant_at(t)),
+                Decision::Idle => {}
+            }
+        }
+    }
+
+    async fn start(&mut self, record: ClusterRecord, action: Action, settings: Arc<Settings>) {
+        let attempt = record.attempts + 1;
+        let tag = procs::new_tag();
+        let (id, generation, name) = (record.id, record.generation, record.spec.name.to_string());
+        let started_at = SystemTime::now();
+        let run_tag = tag.clone();
+        let begun = self
+            .app
+            .store
+            .write(move |tx| {
+                let run_id = runs::insert(
+                    tx,
+                    &runs::NewRun {
+                        cluster_id: id,
+                        cluster_name: &name,
+                        action,
+                        generation,
+                        attempt,
+                        started_at,
+                        process_tag: &run_tag,
+                    },
+                )?;
+                clusters::begin_action(tx, id, action)?;
+                Ok(run_id)
+            })
+            .await;
+        let run_id = match begun {
+            Ok(run_id) => run_id,
+            Err(e) => {
+                log::error(&format!("cannot start {action} of {}: {e}", record.spec.name));
+                self.schedule.set(id, Instant::now() + settings.backoff_initial);
+                return;
+            }
+        };
+        if self.mode == Mode::OnePass {
+            self.visited.insert(id);
+        }
+        self.status_dirty = action != Action::Probe;
+        let level = if action == Action::Probe { Priority::Debug } else { Priority::Info };
+        cluster_event(level, ids::RECONCILE_STARTED, &record, action, run_id, attempt)
+            .message_text(format!(
+                "{action} of cluster {} started (attempt {attempt})",
+                record.spec.name
+            ))
+            .emit();
+
+        let live = LiveRun {
+            tail: Arc::new(Mutex::new(Tail::new(settings.output_tail_lines))),
+            target: Arc::new(Mutex::new(None)),
+        };
+        self.app.live.lock().unwrap().insert(run_id, live.clone());
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        self.running.insert(
+            id,
+            Running {
+                action,
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+            },
+        );
+        let plan = Plan {
+            run_id,
+            record,
+            action,
+            attempt,
+            tag,
+        };
+        let (app, done_tx) = (self.app.clone(), self.done_tx.clone());
+        tokio::spawn(async move {
+            let finished = action::execute(app, plan.clone(), settings, cancel, live).await;
+            let reason = reason.lock().unwrap().take();
+            let _ = done_tx.send(Done {
+                plan,
+                finished,
+                reason,
+            });
+        });
+    }
+
+    /// Records how an action ended and decides when to look at the cluster again.
+    async fn finish(&mut self, done: Done) {
+        let Done {
+            plan,
+            finished,
+            reason,
+        } = done;
+        let id = plan.record.id;
+        self.running.remove(&id);
+        self.app.live.lock().unwrap().remove(&plan.run_id);
+        self.status_dirty = true;
+        let settings = self.app.settings();
+        let verdict = Verdict::of(&plan, &finished, reason.as_ref(), &settings);
+        let recorded = {
+            let (plan, finished, verdict) = (plan.clone(), finished.clone(), verdict.clone());
+            let keep = settings.history_per_cluster;
+            let backoff = (settings.backoff_initial, settings.backoff_max);
+            self.app
+                .store
+                .write(move |tx| record_end(tx, &plan, &finished, &verdict, keep, backoff))
+                .await
+        };
+        match recorded {
+            Ok(end) => log_end(&plan, &finished, &verdict, &end),
+            Err(e) => log::error(&format!(
+                "cannot record the end of run {} ({} of {}): {e}",
+                plan.run_id, plan.action, plan.record.spec.name
+            )),
+        }
+        match self.mode {
+            Mode::Daemon => self.schedule.soon(id, Instant::now()),
+            Mode::OnePass => match verdict.outcome {
+                RunOutcome::Succeeded => self.report.succeeded += 1,
+                _ => self.report.failed += 1,
+            },
+        }
+    }
+
+    /// Cancels every running action (the daemon is stopping) and waits for them to end.
+    async fn stop_all(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        let grace = self.app.settings().kill_grace;
+        // Tell systemd the stop may take a scripts' grace period longer than usual.
+        systemd::extend_timeout(grace + Duration::from_secs(5));
+        for running in self.running.values() {
+            *running.reason.lock().unwrap() = Some(CancelReason::Shutdown);
+            running.cancel.cancel();
+        }
+        while !self.running.is_empty() {
+            match self.done_rx.recv().await {
+                Some(done) => self.finish(done).await,
+                None => break,
+            }
+        }
+    }
+}
+
+/// What an ended run means for the history and for the cluster.
+#[derive(Debug, Clone)]
+struct Verdict {
+    outcome: RunOutcome,
+    /// The one-line reason of a failure, cancellation or interruption.
+    headline: Option<String>,
+}
+
+impl Verdict {
+    fn of(plan: &Plan, f: &Finished, reason: Option<&CancelReason>, s: &Settings) -> Verdict {
+        let action = plan.action;
+        let (outcome, headline) = match (&f.ending, reason) {
+            (_, Some(CancelReason::Shutdown)) => (
+                RunOutcome::Interrupted,
+                Some(format!(
+                    "{action} was interrupted because kindler is stopping; it is redone at the next start"
+                )),
+            ),
+            (Ending::Cancelled(_), Some(CancelReason::Redeclared(to))) => (
+                RunOutcome::Cancelled,
+                Some(match to {
+                    Some(d) => format!("{action} was cancelled: the desired state changed to {d}"),
+                    None => format!("{action} was cancelled: the cluster's row was removed"),
+                }),
+            ),
+            (Ending::Exited(e), _) if e.success() => (RunOutcome::Succeeded, None),
+            (Ending::Exited(e), _) if f.step != action => (
+                RunOutcome::Failed,
+                Some(format!("{action} finished, but the {} check failed ({e})", f.step)),
+            ),
+            (Ending::Exited(e), _) => (RunOutcome::Failed, Some(format!("{action} failed ({e})"))),
+            (Ending::TimedOut(_), _) => (
+                RunOutcome::TimedOut,
+                Some(format!(
+                    "{action} timed out after {}; its processes were ended",
+                    humantime::format_duration(s.action_timeout)
+                )),
+            ),
+            (Ending::SpawnFailed(msg), _) => (RunOutcome::Failed, Some(format!("{action} failed: {msg}"))),
+            (Ending::Cancelled(_), _) => (RunOutcome::Cancelled, Some(format!("{action} was cancelled"))),
+        };
+        Verdict { outcome, headline }
+    }
+
+    /// The cluster's `reconcile_error`: the headline and the last output lines.
+    fn error_text(&self, tail: &[String]) -> Option<String> {
+        let headline = self.headline.as_ref()?;
+        let skip = tail.len().saturating_sub(ERROR_LINES);
+        let lines = &tail[skip..];
+        if lines.is_empty() || !matches!(self.outcome, RunOutcome::Failed | RunOutcome::TimedOut) {
+            return Some(headline.clone());
+        }
+        Some(format!("{headline}; last output:\n{}", lines.join("\n")))
+    }
+}
+
+/// What `record_end` did to the row, for the log.
+#[derive(Debug, Default)]
+struct EndRecord {
+    removed: bool,
+    attempts: u32,
+    next_attempt_at: Option<String>,
+    desired: Option<DesiredState>,
+    actual: Option<ActualState>,
+}
+
+fn record_end(
+    tx: &rusqlite::Transaction,
+    plan: &Plan,
+    f: &Finished,
+    v: &Verdict,
+    keep: u32,
+    (backoff_initial, backoff_max): (Duration, Duration),
+) -> StoreResult<EndRecord> {
+    let id = plan.record.id;
+    let error = v.error_text(&f.tail);
+    let exit = f.ending.exit();
+    runs::finish(
+        tx,
+        plan.run_id,
+        &runs::RunEnd {
+            outcome: v.outcome,
+            ended_at: SystemTime::now(),
+            duration: f.duration,
+            exit_code: exit.and_then(|e| match e {
+                crate::runner::Exit::Code(c) => Some(c),
+                _ => None,
+            }),
+            signal: exit.and_then(|e| match e {
+                crate::runner::Exit::Signal(s) => Some(s),
+                _ => None,
+            }),
+            error: error.as_deref(),
+            output_tail: &f.tail,
+        },
+    )?;
+    runs::prune_cluster(tx, id, keep)?;
+    let current = match clusters::by_id(tx, id)? {
+        Some(Ok(c)) => c,
+        _ => return Ok(EndRecord::default()),
+    };
+    let mut end = EndRecord {
+        desired: Some(current.desired),
+        ..EndRecord::default()
+    };
+    match v.outcome {
+        RunOutcome::Succeeded if plan.action == Action::Delete => {
+            end.removed = clusters::remove_if_absent(tx, id)?;
+            if !end.removed {
+                // Declared again while it was being deleted: it is gone, so create anew.
+                finish(tx, id, ActualState::Unknown, None, 0, None, plan.record.generation, None)?;
+                end.actual = Some(ActualState::Unknown);
+            }
+        }
+        RunOutcome::Succeeded => {
+            let state = plan.action.success_state().unwrap_or(ActualState::Running);
+            finish(tx, id, state, None, 0, None, plan.record.generation, f.nodes)?;
+            end.actual = Some(state);
+        }
+        RunOutcome::Failed | RunOutcome::TimedOut => {
+            // A failure of an older declaration does not count against the new one.
+            let redeclared = current.generation != plan.record.generation;
+            if !redeclared {
+                end.attempts = plan.attempt;
+                let delay = backoff::delay(plan.attempt, backoff_initial, backoff_max);
+                end.next_attempt_at = Some(time::text(SystemTime::now() + delay));
+            }
+            let next = end.next_attempt_at.clone();
+            finish(tx, id, ActualState::Failed, error, end.attempts, next, plan.record.generation, None)?;
+            end.actual = Some(ActualState::Failed);
+        }
+        RunOutcome::Cancelled | RunOutcome::Interrupted | RunOutcome::Running => {
+            // The in-progress state stays, so that the next look redoes or reverses it.
+            if plan.action != Action::Probe {
+                clusters::mark_interrupted(tx, id, error.as_deref().unwrap_or("interrupted"))?;
+            }
+            end.actual = Some(current.actual);
+        }
+    }
+    Ok(end)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    tx: &rusqlite::Transaction,
+    id: i64,
+    actual: ActualState,
+    error: Option<String>,
+    attempts: u32,
+    next_attempt_at: Option<String>,
+    generation: i64,
+    nodes: Option<(i64, i64)>,
+) -> StoreResult<()> {
+    clusters::finish_action(
+        tx,
+        id,
+        &ActionResult {
+            actual,
+            error,
+            attempts,
+            next_attempt_at,
+            observed_generation: generation,
+            nodes,
+        },
+    )
+}
+
+fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
+    let rec = &plan.record;
+    let name = &rec.spec.name;
+    let action = plan.action;
+    let (priority, id, text) = match v.outcome {
+        RunOutcome::Succeeded if action == Action::Probe => (
+            Priority::Debug,
+            ids::RECONCILE_SUCCEEDED,
+            format!("cluster {name} verified: it answers"),
+        ),
+        RunOutcome::Succeeded => (
+            Priority::Notice,
+            ids::RECONCILE_SUCCEEDED,
+            format!("{action} of cluster {name} succeeded in {}", millis(f.duration)),
+        ),
+        RunOutcome::Failed => (
+            Priority::Error,
+            ids::RECONCILE_FAILED,
+            format!("cluster {name}: {}", v.headline.as_deref().unwrap_or("failed")),
+        ),
+        RunOutcome::TimedOut => (
+            Priority::Error,
+            ids::RECONCILE_TIMED_OUT,
+            format!("cluster {name}: {}", v.headline.as_deref().unwrap_or("timed out")),
+        ),
+        RunOutcome::Cancelled => (
+            Priority::Notice,
+            ids::RECONCILE_CANCELLED,
+            format!("cluster {name}: {}", v.headline.as_deref().unwrap_or("cancelled")),
+        ),
+        RunOutcome::Interrupted | RunOutcome::Running => (
+            Priority::Warning,
+            ids::ACTION_INTERRUPTED,
+            format!("cluster {name}: {}", v.headline.as_deref().unwrap_or("interrupted")),
+        ),
+    };
+    let mut event = cluster_event(priority, id, rec, action, plan.run_id, plan.attempt)
+        .message_text(text)
+        .field("DURATION_MS", f.duration.as_millis())
+        .field_opt("EXIT_STATUS", f.ending.exit().map(exit_status))
+        .field_opt("ACTUAL_STATE", end.actual);
+    if let Some(d) = end.desired {
+        event = event.replace_field("DESIRED_STATE", d.to_string());
+    }
+    if f.leftovers > 0 {
+        event = event.field("LEFTOVER_PROCESSES", f.leftovers);
+    }
+    if f.killed > 0 {
+        event = event.field("KILLED_PROCESSES", f.killed);
+    }
+    event.emit();
+    if end.removed {
+        Event::new(Priority::Notice, format!("cluster {name} deleted and removed from the store"))
+            .id(ids::CLUSTER_REMOVED)
+            .field("CLUSTER", name)
+            .field("PROVIDER", rec.spec.provider)
+            .field("RUN_ID", plan.run_id)
+            .emit();
+    }
+    if let Some(next) = &end.next_attempt_at {
+        let wait = time::parse(next)
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default();
+        Event::new(
+            Priority::Info,
+            format!(
+                "cluster {name}: retry {} of {action} in {} (at {})",
+                end.attempts + 1,
+                humantime::format_duration(Duration::from_secs(wait.as_secs())),
+                time::iso(next)
+            ),
+        )
+        .id(ids::RETRY_SCHEDULED)
+        .field("CLUSTER", name)
+        .field("ACTION", action)
+        .field("ATTEMPT", end.attempts + 1)
+        .field("NEXT_ATTEMPT_AT", time::iso(next))
+        .emit();
+    }
+}
+
+/// `KINDLER_EXIT_STATUS`: the exit code, or the signal's name (as systemd's EXIT_STATUS).
+fn exit_status(e: crate::runner::Exit) -> String {
+    match e {
+        crate::runner::Exit::Code(c) => c.to_string(),
+        crate::runner::Exit::Signal(s) => nix::sys::signal::Signal::try_from(s)
+            .map(|sig| sig.as_str().to_owned())
+            .unwrap_or_else(|_| format!("signal {s}")),
+    }
+}
+
+fn millis(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+/// An event about one cluster's action, with the fields every such event carries.
+fn cluster_event(
+    priority: Priority,
+    id: &'static str,
+    rec: &ClusterRecord,
+    action: Action,
+    run_id: i64,
+    attempt: u32,
+) -> Event {
+    Event::new(priority, "")
+        .id(id)
+        .field("CLUSTER", &rec.spec.name)
+        .field("PROVIDER", rec.spec.provider)
+        .field("ACTION", action)
+        .field("DESIRED_STATE", rec.desired)
+        .field("RUN_ID", run_id)
+        .field("ATTEMPT", attempt)
+}
+
+/// The `Instant` at which wall-clock time `t` arrives (now, if it has passed).
+fn instant_at(t: SystemTime) -> Instant {
+    Instant::now() + t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+}
+
+/// A fault switch for the watchdog test, compiled into debug (test) builds only: while
+/// the file named by KINDLER_TEST_WEDGE_FILE exists, the loop hangs as a deadlock would.
+mod fault {
+    #[cfg(debug_assertions)]
+    pub async fn maybe_wedge() {
+        if let Some(path) = std::env::var_os("KINDLER_TEST_WEDGE_FILE") {
+            if std::path::Path::new(&path).exists() {
+                crate::log::warn("test fault: the reconciler loop is wedged on purpose");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub async fn maybe_wedge() {}
+}

@@ -1,0 +1,372 @@
+//! The `clusters` table: declared spec, desired state and what the reconciler observed.
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use super::{time, StoreResult};
+use crate::model::{defaults, Action, ActualState, ClusterName, ClusterSpec, DesiredState, Provider};
+
+/// One row of `clusters`, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterRecord {
+    pub id: i64,
+    pub spec: ClusterSpec,
+    pub desired: DesiredState,
+    pub actual: ActualState,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub last_reconciled_at: Option<String>,
+    pub last_transition_at: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub reconcile_error: Option<String>,
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub attempts: u32,
+    pub last_action: Option<Action>,
+    pub nodes_ready: Option<i64>,
+    pub nodes_total: Option<i64>,
+}
+
+/// A row another program wrote that kindler cannot act on; it is reported and left as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidRow {
+    pub id: i64,
+    pub name: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for InvalidRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "row {} ({:?}) is ignored: {}", self.id, self.name, self.reason)
+    }
+}
+
+pub type Parsed = Result<ClusterRecord, InvalidRow>;
+
+const COLUMNS: &str = "id, name, provider, subnet, node_port, pf_port, http_port, https_port, \
+     register_portainer, haproxy_route, register_argocd, desired_state, actual_state, \
+     created_at, updated_at, last_reconciled_at, last_transition_at, next_attempt_at, \
+     reconcile_error, generation, observed_generation, attempts, last_action, \
+     nodes_ready, nodes_total";
+
+fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
+    let id: i64 = row.get(0)?;
+    let raw_name: String = row.get(1)?;
+    let invalid = |reason: String| InvalidRow {
+        id,
+        name: raw_name.clone(),
+        reason,
+    };
+    let name = match ClusterName::parse(&raw_name) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(invalid(e.to_string()))),
+    };
+    let provider_text: String = row.get(2)?;
+    let provider = match provider_text.parse::<Provider>() {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(invalid(format!("provider {e}")))),
+    };
+    let mut ports = [0u16; 4];
+    let port_defaults = [
+        defaults::NODE_PORT,
+        defaults::PF_PORT,
+        defaults::HTTP_PORT,
+        defaults::HTTPS_PORT,
+    ];
+    for (i, slot) in ports.iter_mut().enumerate() {
+        let value: Option<i64> = row.get(4 + i)?;
+        *slot = match value {
+            None => port_defaults[i],
+            Some(v) => match u16::try_from(v) {
+                Ok(p) if p > 0 => p,
+                _ => return Ok(Err(invalid(format!("port {v} is out of range")))),
+            },
+        };
+    }
+    let desired_text: Option<String> = row.get(11)?;
+    let desired = match desired_text.as_deref() {
+        None => DesiredState::Present,
+        Some(t) => match t.parse() {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(invalid(format!("desired_state {e}")))),
+        },
+    };
+    let actual_text: Option<String> = row.get(12)?;
+    let last_action: Option<String> = row.get(22)?;
+    Ok(Ok(ClusterRecord {
+        id,
+        spec: ClusterSpec {
+            name,
+            provider,
+            node_port: ports[0],
+            pf_port: ports[1],
+            http_port: ports[2],
+            https_port: ports[3],
+            cluster_subnet: row.get::<_, Option<String>>(3)?.filter(|s| !s.is_empty()),
+            register_portainer: row.get(8)?,
+            haproxy_route: row.get(9)?,
+            register_argocd: row.get(10)?,
+        },
+        desired,
+        actual: ActualState::from_stored(actual_text.as_deref()),
+        created_at: row.get(13)?,
+        updated_at: row.get(14)?,
+        last_reconciled_at: row.get(15)?,
+        last_transition_at: row.get(16)?,
+        next_attempt_at: row.get(17)?,
+        reconcile_error: row.get(18)?,
+        generation: row.get(19)?,
+        observed_generation: row.get(20)?,
+        attempts: row.get::<_, i64>(21)?.clamp(0, u32::MAX as i64) as u32,
+        last_action: last_action.and_then(|a| a.parse().ok()),
+        nodes_ready: row.get(23)?,
+        nodes_total: row.get(24)?,
+    }))
+}
+
+/// Every row, newest first.
+pub fn list(conn: &Connection) -> StoreResult<Vec<Parsed>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM clusters ORDER BY created_at DESC, id DESC"
+    ))?;
+    let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub fn by_name(conn: &Connection, name: &ClusterName) -> StoreResult<Option<Parsed>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM clusters WHERE name = ?1"))?;
+    Ok(stmt.query_row([name.as_str()], from_row).optional()?)
+}
+
+pub fn by_id(conn: &Connection, id: i64) -> StoreResult<Option<Parsed>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM clusters WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], from_row).optional()?)
+}
+
+/// Is the store readable at all? (The health check.)
+pub fn ping(conn: &Connection) -> StoreResult<()> {
+    conn.prepare_cached("SELECT id FROM clusters LIMIT 1")?
+        .query_row([], |_| Ok(()))
+        .optional()?;
+    Ok(())
+}
+
+/// Another live cluster that holds `port`: its name and the field it holds it in.
+/// Node ports are cluster-internal (each cluster has its own NodePort space), so a node
+/// port only conflicts with another cluster's host ports, not with its node port.
+pub fn port_holder(
+    conn: &Connection,
+    port: u16,
+    is_node_port: bool,
+) -> StoreResult<Option<(String, &'static str)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name,
+                CASE WHEN pf_port = ?1 THEN 'pf_port'
+                     WHEN http_port = ?1 THEN 'http_port'
+                     WHEN https_port = ?1 THEN 'https_port'
+                     ELSE 'node_port' END
+           FROM clusters
+          WHERE desired_state IS NOT 'absent'
+            AND (pf_port = ?1 OR http_port = ?1 OR https_port = ?1
+                 OR (?2 = 0 AND node_port = ?1))
+          LIMIT 1",
+    )?;
+    let found = stmt
+        .query_row(params![port, is_node_port], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()?;
+    Ok(found.map(|(name, field)| {
+        let field = match field.as_str() {
+            "pf_port" => "pf_port",
+            "http_port" => "http_port",
+            "https_port" => "https_port",
+            _ => "node_port",
+        };
+        (name, field)
+    }))
+}
+
+/// Ports between `first` and `last` that some live cluster holds, in any field.
+pub fn ports_in_use(conn: &Connection, first: u16, last: u16) -> StoreResult<Vec<u16>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT pf_port FROM clusters WHERE desired_state IS NOT 'absent' AND pf_port BETWEEN ?1 AND ?2
+         UNION SELECT http_port FROM clusters WHERE desired_state IS NOT 'absent' AND http_port BETWEEN ?1 AND ?2
+         UNION SELECT https_port FROM clusters WHERE desired_state IS NOT 'absent' AND https_port BETWEEN ?1 AND ?2
+         UNION SELECT node_port FROM clusters WHERE desired_state IS NOT 'absent' AND node_port BETWEEN ?1 AND ?2",
+    )?;
+    let ports = stmt
+        .query_map(params![first, last], |r| r.get::<_, i64>(0))?
+        .filter_map(|p| p.ok().and_then(|p| u16::try_from(p).ok()))
+        .collect();
+    Ok(ports)
+}
+
+pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
+    let now = time::now_text();
+    tx.prepare_cached(
+        "INSERT INTO clusters (name, provider, subnet, node_port, pf_port, http_port, https_port,
+                               register_portainer, haproxy_route, register_argocd,
+                               status, desired_state, actual_state, created_at, updated_at,
+                               last_transition_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11)",
+    )?
+    .execute(params![
+        spec.name.as_str(),
+        spec.provider.as_str(),
+        spec.cluster_subnet,
+        spec.node_port,
+        spec.pf_port,
+        spec.http_port,
+        spec.https_port,
+        spec.register_portainer,
+        spec.haproxy_route,
+        spec.register_argocd,
+        now,
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Declares a new desired state; the trigger bumps the generation when it changed.
+/// Returns false when no such cluster exists.
+pub fn set_desired(tx: &Transaction, name: &ClusterName, desired: DesiredState) -> StoreResult<bool> {
+    let n = tx
+        .prepare_cached("UPDATE clusters SET desired_state = ?2 WHERE name = ?1")?
+        .execute(params![name.as_str(), desired.as_str()])?;
+    Ok(n > 0)
+}
+
+/// Rows inserted or re-declared after change number `after`, oldest change first.
+pub fn changed_since(conn: &Connection, after: i64) -> StoreResult<Vec<(i64, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, change_seq FROM clusters WHERE change_seq > ?1 ORDER BY change_seq",
+    )?;
+    let rows = stmt
+        .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub fn max_change_seq(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn.query_row("SELECT COALESCE(MAX(change_seq), 0) FROM clusters", [], |r| r.get(0))?)
+}
+
+/// An action begins: the cluster enters the action's in-progress state.
+pub fn begin_action(tx: &Transaction, id: i64, action: Action) -> StoreResult<()> {
+    let now = time::now_text();
+    match action.in_progress_state() {
+        Some(state) => tx
+            .prepare_cached(
+                "UPDATE clusters SET actual_state = ?2, status = ?2, last_action = ?3,
+                        last_transition_at = CASE WHEN actual_state IS ?2 THEN last_transition_at ELSE ?4 END
+                  WHERE id = ?1",
+            )?
+            .execute(params![id, state.as_str(), action.as_str(), now])?,
+        None => tx
+            .prepare_cached("UPDATE clusters SET last_action = ?2 WHERE id = ?1")?
+            .execute(params![id, action.as_str()])?,
+    };
+    Ok(())
+}
+
+/// What an ended action leaves on the cluster's row.
+#[derive(Debug, Clone)]
+pub struct ActionResult {
+    pub actual: ActualState,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<String>,
+    pub observed_generation: i64,
+    pub nodes: Option<(i64, i64)>,
+}
+
+pub fn finish_action(tx: &Transaction, id: i64, r: &ActionResult) -> StoreResult<()> {
+    let now = time::now_text();
+    tx.prepare_cached(
+        "UPDATE clusters
+            SET actual_state = ?2, status = ?2, reconcile_error = ?3, attempts = ?4,
+                next_attempt_at = ?5, observed_generation = MAX(observed_generation, ?6),
+                last_reconciled_at = ?7,
+                last_transition_at = CASE WHEN actual_state IS ?2 THEN last_transition_at ELSE ?7 END,
+                nodes_ready = COALESCE(?8, nodes_ready), nodes_total = COALESCE(?9, nodes_total),
+                updated_at = ?7
+          WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        r.actual.as_str(),
+        r.error,
+        r.attempts,
+        r.next_attempt_at,
+        r.observed_generation,
+        now,
+        r.nodes.map(|n| n.0),
+        r.nodes.map(|n| n.1),
+    ])?;
+    Ok(())
+}
+
+/// Removes a deleted cluster's row, unless it was declared again meanwhile.
+pub fn remove_if_absent(tx: &Transaction, id: i64) -> StoreResult<bool> {
+    let n = tx
+        .prepare_cached("DELETE FROM clusters WHERE id = ?1 AND desired_state = 'absent'")?
+        .execute([id])?;
+    Ok(n > 0)
+}
+
+/// Marks a cluster whose action was interrupted by a stop of the daemon: its state stays
+/// in progress, so the next start redoes the action, and the error says what happened.
+pub fn mark_interrupted(tx: &Transaction, id: i64, message: &str) -> StoreResult<()> {
+    tx.prepare_cached("UPDATE clusters SET reconcile_error = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![id, message, time::now_text()])?;
+    Ok(())
+}
+
+/// What the scheduler needs to know of every row at start-up.
+#[derive(Debug, Clone)]
+pub struct ScheduleRow {
+    pub id: i64,
+    pub actual: ActualState,
+    pub desired: Option<String>,
+    pub last_reconciled_at: Option<String>,
+}
+
+pub fn schedule_rows(conn: &Connection) -> StoreResult<Vec<ScheduleRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, actual_state, desired_state, last_reconciled_at FROM clusters",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(ScheduleRow {
+                id: r.get(0)?,
+                actual: ActualState::from_stored(r.get::<_, Option<String>>(1)?.as_deref()),
+                desired: r.get(2)?,
+                last_reconciled_at: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Counts by actual state and the earliest scheduled retry, for the status line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub by_state: Vec<(String, i64)>,
+    pub next_retry: Option<(String, String)>,
+}
+
+pub fn summary(conn: &Connection) -> StoreResult<Summary> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(actual_state, 'unknown'), COUNT(*) FROM clusters GROUP BY 1 ORDER BY 1",
+    )?;
+    let by_state = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let next_retry = conn
+        .prepare_cached(
+            "SELECT name, next_attempt_at FROM clusters WHERE next_attempt_at IS NOT NULL
+              ORDER BY next_attempt_at LIMIT 1",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(Summary { by_state, next_retry })
+}

@@ -1,0 +1,179 @@
+//! The SQLite store: desired state, observed state and the history of reconcile runs.
+//!
+//! One writer connection (SQLite allows one writer at a time anyway) and a few reader
+//! connections; WAL lets the readers go on while the writer commits. Every call runs on
+//! tokio's blocking pool, so a slow disk never stalls the threads that serve HTTP.
+
+pub mod clusters;
+mod migrate;
+pub mod runs;
+pub mod time;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use migrate::Migration;
+
+/// How long a statement waits for another writer (a `sqlite3` user, say) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reader connections kept open; more readers wait for one to come back.
+const READERS: usize = 4;
+
+#[derive(Debug)]
+pub enum StoreError {
+    Sqlite(rusqlite::Error),
+    /// The blocking task could not run (the runtime is shutting down).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+            StoreError::Unavailable(e) => write!(f, "database unavailable: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// Last `PRAGMA data_version` seen on the writer connection (see `external_change`).
+    data_version: Mutex<i64>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    /// Returns the store and the migrations that were applied now.
+    pub fn open(path: &Path) -> StoreResult<(Store, Vec<Migration>)> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut writer = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        let applied = migrate::run(&mut writer)?;
+        let version = data_version(&writer)?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                data_version: Mutex::new(version),
+            }),
+        };
+        Ok((store, applied))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a reader connection, off the async worker threads.
+    pub async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        blocking(move || store.read_blocking(f)).await
+    }
+
+    /// Runs `f` inside one write transaction, off the async worker threads.
+    pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction) -> StoreResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        blocking(move || store.write_blocking(f)).await
+    }
+
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let pooled = self.inner.readers.lock().unwrap().pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = connect(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                // Readers see little of the file at once; keep their caches small.
+                c.pragma_update(None, "cache_size", -512)?;
+                c
+            }
+        };
+        let result = f(&conn);
+        let mut readers = self.inner.readers.lock().unwrap();
+        if readers.len() < READERS {
+            readers.push(conn);
+        }
+        result
+    }
+
+    pub fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut conn = self.inner.writer.lock().unwrap();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// True when another program committed to the database since the last call.
+    ///
+    /// `PRAGMA data_version` changes only for commits made by *other* connections; all of
+    /// kindler's own writes go through the connection asked here, so they do not count.
+    pub fn external_change(&self) -> StoreResult<bool> {
+        let conn = self.inner.writer.lock().unwrap();
+        let now = data_version(&conn)?;
+        let mut seen = self.inner.data_version.lock().unwrap();
+        let changed = now != *seen;
+        *seen = now;
+        Ok(changed)
+    }
+}
+
+fn connect(path: &Path, flags: OpenFlags) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL makes NORMAL durable against crashes of the process; only power loss can undo
+    // the last commits.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn data_version(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+async fn blocking<T, F>(f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> StoreResult<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
