@@ -18,12 +18,20 @@ use serde::Deserialize;
 /// Where the packaged configuration lives; read when it exists and no `--config` is given.
 pub const SYSTEM_CONFIG: &str = "/etc/kindler/kindler.toml";
 
-/// Where the default scripts are: the package build sets this to `/usr/lib/kindler`; a
-/// source checkout uses its own `scripts/` folder.
-pub const SCRIPTS_DIR: &str = match option_env!("KINDLER_SCRIPTS_DIR") {
-    Some(dir) => dir,
-    None => concat!(env!("CARGO_MANIFEST_DIR"), "/scripts"),
-};
+/// Where the package installs the default scripts.
+const PACKAGED_SCRIPTS: &str = "/usr/lib/kindler";
+/// The scripts of the source checkout this binary was built from.
+const SOURCE_SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+
+/// Where the default scripts are: the installed package's, else the source checkout's
+/// (so that `cargo run -- serve` works with no configuration at all).
+fn scripts_dir() -> &'static Path {
+    if Path::new(PACKAGED_SCRIPTS).join("create-cluster").exists() {
+        Path::new(PACKAGED_SCRIPTS)
+    } else {
+        Path::new(SOURCE_SCRIPTS)
+    }
+}
 
 /// A duration written the human way: `500ms`, `10s`, `5m`, `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,10 +298,10 @@ pub struct SettingArgs {
     pub https_port_range: PortRange,
 }
 
-/// The default command for an action: the script of that name in [`SCRIPTS_DIR`].
+/// The default command for an action: the script of that name in [`scripts_dir`].
 fn script(name: &str) -> CommandLine {
     CommandLine {
-        program: Path::new(SCRIPTS_DIR).join(name),
+        program: scripts_dir().join(name),
         args: Vec::new(),
     }
 }
