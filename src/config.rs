@@ -155,10 +155,15 @@ impl<'de> Deserialize<'de> for CommandLine {
             Form::Path(p) => p.parse().map_err(serde::de::Error::custom),
             Form::Argv(mut argv) => {
                 if argv.is_empty() || argv[0].trim().is_empty() {
-                    return Err(serde::de::Error::custom("a command array must start with a program"));
+                    return Err(serde::de::Error::custom(
+                        "a command array must start with a program",
+                    ));
                 }
                 let program = PathBuf::from(argv.remove(0));
-                Ok(CommandLine { program, args: argv })
+                Ok(CommandLine {
+                    program,
+                    args: argv,
+                })
             }
         }
     }
@@ -199,7 +204,12 @@ pub struct SettingArgs {
     pub database: Option<PathBuf>,
 
     /// TCP address for the HTTP API when no socket is passed by systemd; "" for none.
-    #[arg(long, env = "KINDLER_LISTEN", default_value = "127.0.0.1:8765", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "KINDLER_LISTEN",
+        default_value = "127.0.0.1:8765",
+        value_name = "ADDR"
+    )]
     pub listen: String,
 
     /// Unix socket path for the HTTP API when no socket is passed by systemd.
@@ -232,27 +242,57 @@ pub struct SettingArgs {
     pub max_concurrent_actions: u32,
 
     /// Longest an action may run before its process group is killed.
-    #[arg(long, env = "KINDLER_ACTION_TIMEOUT", default_value = "30m", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "KINDLER_ACTION_TIMEOUT",
+        default_value = "30m",
+        value_name = "DURATION"
+    )]
     pub action_timeout: Span,
 
     /// Time between SIGTERM and SIGKILL when an action's process group is ended.
-    #[arg(long, env = "KINDLER_KILL_GRACE", default_value = "10s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "KINDLER_KILL_GRACE",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
     pub kill_grace: Span,
 
     /// How often running clusters are verified with the probe command.
-    #[arg(long, env = "KINDLER_RESYNC_INTERVAL", default_value = "5m", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "KINDLER_RESYNC_INTERVAL",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
     pub resync_interval: Span,
 
     /// First retry delay after a failure; it doubles on each further failure.
-    #[arg(long, env = "KINDLER_BACKOFF_INITIAL", default_value = "5s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "KINDLER_BACKOFF_INITIAL",
+        default_value = "5s",
+        value_name = "DURATION"
+    )]
     pub backoff_initial: Span,
 
     /// Longest retry delay.
-    #[arg(long, env = "KINDLER_BACKOFF_MAX", default_value = "5m", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "KINDLER_BACKOFF_MAX",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
     pub backoff_max: Span,
 
     /// How often the database is checked for rows written by other programs.
-    #[arg(long, env = "KINDLER_POLL_INTERVAL", default_value = "500ms", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "KINDLER_POLL_INTERVAL",
+        default_value = "500ms",
+        value_name = "DURATION"
+    )]
     pub poll_interval: Span,
 
     /// Reconcile runs kept in the history per cluster.
@@ -261,7 +301,12 @@ pub struct SettingArgs {
     pub history_per_cluster: u32,
 
     /// Reconcile runs older than this are dropped from the history.
-    #[arg(long, env = "KINDLER_HISTORY_MAX_AGE", default_value = "30days", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "KINDLER_HISTORY_MAX_AGE",
+        default_value = "30days",
+        value_name = "DURATION"
+    )]
     pub history_max_age: Span,
 
     /// Last output lines of a run kept in its history and shown on failure.
@@ -278,23 +323,49 @@ pub struct SettingArgs {
     pub log_target: LogTarget,
 
     /// Clusters the API refuses to delete (comma-separated).
-    #[arg(long, env = "KINDLER_PROTECTED_CLUSTERS", default_value = "devops", value_delimiter = ',', value_name = "NAMES")]
+    #[arg(
+        long,
+        env = "KINDLER_PROTECTED_CLUSTERS",
+        default_value = "devops",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
     pub protected_clusters: Vec<String>,
 
     /// Base domain reported to the WebUI.
-    #[arg(long, env = "KINDLER_BASE_DOMAIN", default_value = "local", value_name = "DOMAIN")]
+    #[arg(
+        long,
+        env = "KINDLER_BASE_DOMAIN",
+        default_value = "local",
+        value_name = "DOMAIN"
+    )]
     pub base_domain: String,
 
     /// Ports handed out for port-forwards when the WebUI's default is taken.
-    #[arg(long, env = "KINDLER_PF_PORT_RANGE", default_value = "19001-19999", value_name = "FIRST-LAST")]
+    #[arg(
+        long,
+        env = "KINDLER_PF_PORT_RANGE",
+        default_value = "19001-19999",
+        value_name = "FIRST-LAST"
+    )]
     pub pf_port_range: PortRange,
 
     /// HTTP ports handed out when the WebUI's default is taken.
-    #[arg(long, env = "KINDLER_HTTP_PORT_RANGE", default_value = "18090-18999", value_name = "FIRST-LAST")]
+    #[arg(
+        long,
+        env = "KINDLER_HTTP_PORT_RANGE",
+        default_value = "18090-18999",
+        value_name = "FIRST-LAST"
+    )]
     pub http_port_range: PortRange,
 
     /// HTTPS ports handed out when the WebUI's default is taken.
-    #[arg(long, env = "KINDLER_HTTPS_PORT_RANGE", default_value = "18443-18999", value_name = "FIRST-LAST")]
+    #[arg(
+        long,
+        env = "KINDLER_HTTPS_PORT_RANGE",
+        default_value = "18443-18999",
+        value_name = "FIRST-LAST"
+    )]
     pub https_port_range: PortRange,
 }
 
@@ -456,7 +527,11 @@ impl Loader {
         }
     }
 
-    fn merge(&self, config_file: Option<PathBuf>, f: FileSettings) -> Result<Settings, ConfigError> {
+    fn merge(
+        &self,
+        config_file: Option<PathBuf>,
+        f: FileSettings,
+    ) -> Result<Settings, ConfigError> {
         let a = &self.args;
         macro_rules! pick {
             ($field:ident) => {
@@ -561,7 +636,12 @@ fn default_database() -> PathBuf {
     // systemd's StateDirectory= exports the directory (several are ':'-separated).
     match std::env::var_os("STATE_DIRECTORY") {
         Some(dirs) if !dirs.is_empty() => {
-            let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+            let first = dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_owned();
             Path::new(&first).join("kindler.db")
         }
         _ => PathBuf::from("kindler-data/kindler.db"),

@@ -10,13 +10,13 @@ use nix::fcntl::{Flock, FlockArg};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
+use crate::api;
 use crate::app::{App, AppRef};
 use crate::config::{Loader, Settings};
 use crate::log::{self, ids, Event, Priority};
 use crate::reconciler::{Mode, PassReport, Reconciler};
 use crate::store::{clusters, Store};
 use crate::systemd::{self, Listener};
-use crate::api;
 
 /// A start-up failure, with the exit status it maps to.
 pub struct Fatal {
@@ -87,11 +87,16 @@ pub fn open_store(settings: &Settings) -> Result<Store, Fatal> {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `activated` are the sockets systemd passed.
-pub async fn serve(loader: Loader, settings: Settings, activated: Vec<Listener>) -> Result<(), Fatal> {
+pub async fn serve(
+    loader: Loader,
+    settings: Settings,
+    activated: Vec<Listener>,
+) -> Result<(), Fatal> {
     let _lock = lock_database(&settings.database)?;
     let store = open_store(&settings)?;
     let listeners = if activated.is_empty() {
-        systemd::bind(settings.listen, settings.listen_unix.as_deref()).map_err(|e| Fatal::new(1, e.to_string()))?
+        systemd::bind(settings.listen, settings.listen_unix.as_deref())
+            .map_err(|e| Fatal::new(1, e.to_string()))?
     } else {
         activated
     };
@@ -171,7 +176,11 @@ async fn handle_signals(app: AppRef, loader: Loader, shutdown: CancellationToken
             SIGHUP => reload(&app, &loader),
             _ if shutdown.is_cancelled() => force_stop(&app),
             _ => {
-                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
                 systemd::stopping();
                 Event::new(
                     Priority::Notice,
@@ -215,7 +224,9 @@ fn reload(app: &AppRef, loader: &Loader) {
     systemd::reloading();
     let old = app.settings();
     for key in old.restart_only_changes(&new) {
-        log::warn(&format!("{key} changed; this takes effect at the next start"));
+        log::warn(&format!(
+            "{key} changed; this takes effect at the next start"
+        ));
     }
     let mut new = new;
     // Settings that only apply at start-up keep their running values.
@@ -227,7 +238,9 @@ fn reload(app: &AppRef, loader: &Loader) {
     warn_about_commands(&new);
     app.replace_settings(new);
     app.wake.notify_one();
-    Event::new(Priority::Notice, "configuration reloaded").id(ids::CONFIG_RELOADED).emit();
+    Event::new(Priority::Notice, "configuration reloaded")
+        .id(ids::CONFIG_RELOADED)
+        .emit();
     let status = app
         .store
         .read_blocking(clusters::summary)
@@ -246,7 +259,10 @@ async fn watchdog(app: AppRef, interval: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let loop_alive = app.heartbeat.age() <= tolerance;
-        let api_alive = matches!(tokio::time::timeout(every, api::health(&app)).await, Ok(Ok(())));
+        let api_alive = matches!(
+            tokio::time::timeout(every, api::health(&app)).await,
+            Ok(Ok(()))
+        );
         if loop_alive && api_alive {
             systemd::watchdog();
             warned = false;
@@ -256,7 +272,11 @@ async fn watchdog(app: AppRef, interval: Duration) {
                 "not pinging the watchdog: reconciler loop {} (last turn {:?} ago), API {}",
                 if loop_alive { "alive" } else { "stalled" },
                 app.heartbeat.age(),
-                if api_alive { "alive" } else { "cannot reach the store" }
+                if api_alive {
+                    "alive"
+                } else {
+                    "cannot reach the store"
+                }
             ));
         }
     }
@@ -278,7 +298,10 @@ fn warn_about_commands(settings: &Settings) {
         }
         match std::fs::metadata(&cmd.program) {
             Ok(m) if m.permissions().mode() & 0o111 != 0 => {}
-            Ok(_) => log::warn(&format!("{action} command {} is not executable", cmd.program.display())),
+            Ok(_) => log::warn(&format!(
+                "{action} command {} is not executable",
+                cmd.program.display()
+            )),
             Err(e) => log::warn(&format!("{action} command {}: {e}", cmd.program.display())),
         }
     }

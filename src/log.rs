@@ -212,7 +212,8 @@ fn stderr_is_journal() -> bool {
     let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
         return false;
     };
-    dev.parse::<u64>().ok() == Some(st.st_dev as u64) && ino.parse::<u64>().ok() == Some(st.st_ino as u64)
+    dev.parse::<u64>().ok() == Some(st.st_dev)
+        && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 fn write_loop(rx: Receiver<Message>, journal: bool) {

@@ -61,12 +61,18 @@ enum Command {
 }
 
 fn main() {
-    let matches = Cli::command().get_matches();
+    // A setting given twice takes the last value, as users of flags expect.
+    let matches = Cli::command()
+        .mut_subcommands(|sub| sub.args_override_self(true))
+        .get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let sub = matches.subcommand().map(|(_, m)| m.clone()).expect("a subcommand is required");
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .expect("a subcommand is required");
     let status = match cli.command {
         Command::Serve { settings } => serve(Loader::new(settings, &sub)),
         Command::Reconcile { once, settings } => reconcile(once, Loader::new(settings, &sub)),
@@ -144,7 +150,10 @@ fn migrate(loader: Loader) -> i32 {
         let settings = load(&loader)?;
         log::init(config::LogTarget::Stderr, settings.log_level);
         daemon::open_store(&settings)?;
-        log::info(&format!("database {} is up to date", settings.database.display()));
+        log::info(&format!(
+            "database {} is up to date",
+            settings.database.display()
+        ));
         Ok(0)
     })())
 }

@@ -29,12 +29,17 @@ impl fmt::Display for NameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NameError::Empty => write!(f, "name must not be empty"),
-            NameError::TooLong(n) => write!(f, "name is {n} characters long; at most 63 are allowed"),
+            NameError::TooLong(n) => {
+                write!(f, "name is {n} characters long; at most 63 are allowed")
+            }
             NameError::BadCharacter(c) => write!(
                 f,
                 "name contains {c:?}; only lowercase letters, digits and '-' are allowed"
             ),
-            NameError::BadEdge => write!(f, "name must start and end with a lowercase letter or digit"),
+            NameError::BadEdge => write!(
+                f,
+                "name must start and end with a lowercase letter or digit"
+            ),
         }
     }
 }
@@ -151,7 +156,8 @@ string_enum! {
 impl ActualState {
     /// Parses a stored value; anything another tool wrote that we do not know is `unknown`.
     pub fn from_stored(s: Option<&str>) -> Self {
-        s.and_then(|s| s.parse().ok()).unwrap_or(ActualState::Unknown)
+        s.and_then(|s| s.parse().ok())
+            .unwrap_or(ActualState::Unknown)
     }
 }
 
@@ -268,16 +274,27 @@ mod tests {
         for (input, err) in bad {
             assert_eq!(ClusterName::parse(input), Err(err), "{input}");
         }
-        assert_eq!(ClusterName::parse(&"a".repeat(64)), Err(NameError::TooLong(64)));
+        assert_eq!(
+            ClusterName::parse(&"a".repeat(64)),
+            Err(NameError::TooLong(64))
+        );
     }
 
     #[test]
     fn states_round_trip_through_text() {
         use ActualState::*;
-        for s in [Unknown, Creating, Running, Failed, Deleting, Stopping, Stopped, Starting] {
+        for s in [
+            Unknown, Creating, Running, Failed, Deleting, Stopping, Stopped, Starting,
+        ] {
             assert_eq!(s.as_str().parse::<ActualState>(), Ok(s));
         }
-        assert_eq!(ActualState::from_stored(Some("weird")), ActualState::Unknown);
-        assert!("gone".parse::<DesiredState>().unwrap_err().contains("present"));
+        assert_eq!(
+            ActualState::from_stored(Some("weird")),
+            ActualState::Unknown
+        );
+        assert!("gone"
+            .parse::<DesiredState>()
+            .unwrap_err()
+            .contains("present"));
     }
 }

@@ -34,7 +34,11 @@ impl Target {
             return found;
         };
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             if pid == me {
@@ -91,7 +95,8 @@ impl Target {
         }
         let stubborn = self.live().len();
         self.signal(Signal::SIGKILL);
-        self.wait_gone(Instant::now() + Duration::from_secs(2)).await;
+        self.wait_gone(Instant::now() + Duration::from_secs(2))
+            .await;
         stubborn
     }
 }
@@ -126,5 +131,9 @@ pub fn new_tag() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    format!("{:016x}{:08x}", u64::from_ne_bytes(bytes) ^ nanos, std::process::id())
+    format!(
+        "{:016x}{:08x}",
+        u64::from_ne_bytes(bytes) ^ nanos,
+        std::process::id()
+    )
 }

@@ -269,7 +269,9 @@ impl ExitWatch {
                 use nix::sys::wait::{waitid, Id, WaitPidFlag};
                 let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
                 match waitid(Id::Pid(Pid::from_raw(*pid)), flags) {
-                    Ok(WaitStatus::StillAlive) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Ok(WaitStatus::StillAlive) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
                     _ => return,
                 }
             },
@@ -323,7 +325,10 @@ impl<'a> Output<'a> {
     async fn pump_for(&mut self, limit: Duration) {
         let until = tokio::time::Instant::now() + limit;
         while !self.eof {
-            if tokio::time::timeout_at(until, self.read_some()).await.is_err() {
+            if tokio::time::timeout_at(until, self.read_some())
+                .await
+                .is_err()
+            {
                 break;
             }
         }

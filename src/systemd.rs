@@ -19,7 +19,10 @@ use crate::store::time;
 pub enum Listener {
     Tcp(TcpListener),
     /// A unix socket; `owned` is the path kindler created and removes on exit.
-    Unix { listener: UnixListener, owned: Option<PathBuf> },
+    Unix {
+        listener: UnixListener,
+        owned: Option<PathBuf>,
+    },
 }
 
 impl Listener {
@@ -44,9 +47,9 @@ impl Listener {
 /// those variables, so no child inherits them. Must run before any thread is started:
 /// changing the environment is only sound while the process has one thread.
 ///
-/// A socket named `http` must be a TCP listener and one named `api` a unix stream
-/// listener; other names are logged and left alone. Without names, each socket is served
-/// as whatever kind it is.
+/// Sockets named `http` (the TCP listener of kindler.socket) and `api` (the unix listener
+/// of kindler-api.socket), or not named at all, are served, each as the kind of socket it
+/// is; sockets with other names are logged and left alone.
 pub fn take_activated_sockets() -> io::Result<Vec<Listener>> {
     let names: Option<Vec<String>> = std::env::var("LISTEN_FDNAMES")
         .ok()
@@ -60,23 +63,23 @@ pub fn take_activated_sockets() -> io::Result<Vec<Listener>> {
             .as_ref()
             .and_then(|n| n.get(idx).cloned())
             .unwrap_or_else(|| "unknown".into());
-        let listener = match name.as_str() {
-            "http" => fds.take_tcp_listener(idx)?.map(Listener::Tcp),
-            "api" => fds
-                .take_unix_listener(idx)?
-                .map(|listener| Listener::Unix { listener, owned: None }),
-            "unknown" | "" => match fds.take_tcp_listener(idx) {
-                Ok(l) => l.map(Listener::Tcp),
-                Err(_) => fds
-                    .take_unix_listener(idx)?
-                    .map(|listener| Listener::Unix { listener, owned: None }),
-            },
-            other => {
-                log::warn(&format!(
-                    "ignoring passed socket {idx} named {other:?}: kindler serves sockets named \"http\" (TCP) and \"api\" (unix)"
-                ));
-                None
-            }
+        if !matches!(name.as_str(), "http" | "api" | "unknown" | "") {
+            log::warn(&format!(
+                "ignoring passed socket {idx} named {name:?}: kindler serves sockets named \"http\" and \"api\""
+            ));
+            continue;
+        }
+        let listener = match fds.take_tcp_listener(idx) {
+            Ok(tcp) => tcp.map(Listener::Tcp),
+            Err(_) => fds
+                .take_unix_listener(idx)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("passed socket {idx} ({name}): {e}"))
+                })?
+                .map(|listener| Listener::Unix {
+                    listener,
+                    owned: None,
+                }),
         };
         if let Some(l) = listener {
             set_nonblocking(&l)?;
@@ -123,8 +126,12 @@ fn bind_unix(path: &Path) -> io::Result<Listener> {
         // A socket file left by a process that is gone.
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", path.display())))?;
+    let listener = UnixListener::bind(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", path.display()),
+        )
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(Listener::Unix {
         listener,
@@ -154,7 +161,10 @@ pub fn status(status: &str) {
 }
 
 pub fn stopping() {
-    notify(&[NotifyState::Stopping, NotifyState::Status("stopping: ending running actions")]);
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: ending running actions"),
+    ]);
 }
 
 pub fn reloading() {
@@ -185,7 +195,9 @@ pub fn status_line(summary: &Summary, now: SystemTime) -> String {
     if total == 0 {
         return "no clusters declared".into();
     }
-    let order = ["running", "creating", "starting", "stopping", "deleting", "failed", "stopped", "unknown"];
+    let order = [
+        "running", "creating", "starting", "stopping", "deleting", "failed", "stopped", "unknown",
+    ];
     let mut parts: Vec<String> = Vec::new();
     for state in order {
         if let Some((_, n)) = summary.by_state.iter().find(|(s, _)| s == state) {
@@ -202,7 +214,9 @@ pub fn status_line(summary: &Summary, now: SystemTime) -> String {
     if let Some((name, at)) = &summary.next_retry {
         let wait = time::parse(at)
             .and_then(|t| t.duration_since(now).ok())
-            .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string())
+            .map(|d| {
+                humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+            })
             .unwrap_or_else(|| "now".into());
         line.push_str(&format!("; next retry: {name} in {wait}"));
     }
@@ -217,11 +231,21 @@ mod tests {
     fn status_line_reads_well() {
         let now = SystemTime::now();
         let summary = Summary {
-            by_state: vec![("failed".into(), 1), ("running".into(), 2), ("creating".into(), 1)],
+            by_state: vec![
+                ("failed".into(), 1),
+                ("running".into(), 2),
+                ("creating".into(), 1),
+            ],
             next_retry: Some(("dev".into(), time::text(now + Duration::from_secs(42)))),
         };
         let line = status_line(&summary, now);
-        assert!(line.starts_with("4 clusters: 2 running, 1 creating, 1 failed; next retry: dev in 4"), "{line}");
-        assert_eq!(status_line(&Summary::default(), now), "no clusters declared");
+        assert!(
+            line.starts_with("4 clusters: 2 running, 1 creating, 1 failed; next retry: dev in 4"),
+            "{line}"
+        );
+        assert_eq!(
+            status_line(&Summary::default(), now),
+            "no clusters declared"
+        );
     }
 }

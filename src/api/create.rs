@@ -10,8 +10,16 @@ use crate::model::{defaults, ClusterName, ClusterSpec, Provider};
 use crate::store::clusters;
 use crate::store::StoreResult;
 
+/// A checked `ClusterCreate` body.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub spec: ClusterSpec,
+    /// Host port fields the client left out (their defaults may move; see [`insert`]).
+    pub omitted: Vec<&'static str>,
+}
+
 /// Parses and checks a request body.
-pub fn parse(body: &[u8]) -> Result<ClusterSpec, Vec<FieldError>> {
+pub fn parse(body: &[u8]) -> Result<Request, Vec<FieldError>> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         vec![FieldError {
             loc: vec!["body".into(), e.column().into()],
@@ -38,18 +46,25 @@ pub fn parse(body: &[u8]) -> Result<ClusterSpec, Vec<FieldError>> {
     let haproxy_route = flag(&obj, "haproxy_route", &mut errors);
     let register_argocd = flag(&obj, "register_argocd", &mut errors);
     distinct_host_ports(pf_port, http_port, https_port, &mut errors);
+    let omitted = ["pf_port", "http_port", "https_port"]
+        .into_iter()
+        .filter(|f| !obj.contains_key(*f))
+        .collect();
     match (name, provider) {
-        (Some(name), Some(provider)) if errors.is_empty() => Ok(ClusterSpec {
-            name,
-            provider,
-            node_port,
-            pf_port,
-            http_port,
-            https_port,
-            cluster_subnet,
-            register_portainer,
-            haproxy_route,
-            register_argocd,
+        (Some(name), Some(provider)) if errors.is_empty() => Ok(Request {
+            omitted,
+            spec: ClusterSpec {
+                name,
+                provider,
+                node_port,
+                pf_port,
+                http_port,
+                https_port,
+                cluster_subnet,
+                register_portainer,
+                haproxy_route,
+                register_argocd,
+            },
         }),
         _ => Err(errors),
     }
@@ -60,9 +75,17 @@ fn name(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Cluste
         None => errors.push(FieldError::body("name", "missing", "Field required")),
         Some(Value::String(s)) => match ClusterName::parse(s) {
             Ok(n) => return Some(n),
-            Err(e) => errors.push(FieldError::body("name", "string_pattern_mismatch", e.to_string())),
+            Err(e) => errors.push(FieldError::body(
+                "name",
+                "string_pattern_mismatch",
+                e.to_string(),
+            )),
         },
-        Some(_) => errors.push(FieldError::body("name", "string_type", "Input should be a valid string")),
+        Some(_) => errors.push(FieldError::body(
+            "name",
+            "string_type",
+            "Input should be a valid string",
+        )),
     }
     None
 }
@@ -78,7 +101,11 @@ fn provider(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Pr
                 format!("Input should be 'kind' or 'k3d', not {s:?}"),
             )),
         },
-        Some(_) => errors.push(FieldError::body("provider", "literal_error", "Input should be 'kind' or 'k3d'")),
+        Some(_) => errors.push(FieldError::body(
+            "provider",
+            "literal_error",
+            "Input should be 'kind' or 'k3d'",
+        )),
     }
     None
 }
@@ -106,7 +133,11 @@ fn port(obj: &Map<String, Value>, field: &str, default: u16, errors: &mut Vec<Fi
             default
         }
         None => {
-            errors.push(FieldError::body(field, "int_type", "Input should be a valid integer"));
+            errors.push(FieldError::body(
+                field,
+                "int_type",
+                "Input should be a valid integer",
+            ));
             default
         }
     }
@@ -117,7 +148,11 @@ fn flag(obj: &Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> 
         None => true,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
-            errors.push(FieldError::body(field, "bool_type", "Input should be a valid boolean"));
+            errors.push(FieldError::body(
+                field,
+                "bool_type",
+                "Input should be a valid boolean",
+            ));
             true
         }
     }
@@ -138,7 +173,11 @@ fn subnet(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Stri
             None
         }
         Some(_) => {
-            errors.push(FieldError::body("cluster_subnet", "string_type", "Input should be a valid string"));
+            errors.push(FieldError::body(
+                "cluster_subnet",
+                "string_type",
+                "Input should be a valid string",
+            ));
             None
         }
     }
@@ -194,7 +233,9 @@ impl Refusal {
                 port,
                 holder,
                 holder_field,
-            } => format!("{field} {port} is already used by cluster {holder} (as its {holder_field})"),
+            } => format!(
+                "{field} {port} is already used by cluster {holder} (as its {holder_field})"
+            ),
             Refusal::RangeFull { field, range } => {
                 format!("{field}: every port in {range} is in use by other clusters")
             }
@@ -213,21 +254,23 @@ pub struct Reassigned {
 /// Inserts the cluster after checking its name and ports against the store, all in the
 /// caller's transaction, so that two concurrent requests cannot claim the same port.
 ///
-/// The WebUI sends the first port of each configured range (19001, 18090, 18443) for
-/// every cluster unless the user edits it. When such a default is taken, the next free
-/// port of the range is assigned instead of refusing; an explicitly chosen port that is
-/// taken is refused with the name of the cluster holding it.
+/// A host port that is a default rather than a choice is moved to the next free port of
+/// its range when another cluster holds it: a port the client left out, or the first port
+/// of the range, which the WebUI's form sends for every cluster unless the user edits it.
+/// A port the client chose that is taken is refused, naming the cluster holding it.
 pub fn insert(
     tx: &rusqlite::Transaction,
-    spec: &mut ClusterSpec,
+    req: &mut Request,
     settings: &Settings,
 ) -> StoreResult<Result<(i64, Vec<Reassigned>), Refusal>> {
+    let spec = &mut req.spec;
     if clusters::by_name(tx, &spec.name)?.is_some() {
         return Ok(Err(Refusal::Exists));
     }
     let mut reassigned = Vec::new();
     for (field, port) in spec.ports() {
-        let Some((holder, holder_field)) = clusters::port_holder(tx, port, field == "node_port")? else {
+        let Some((holder, holder_field)) = clusters::port_holder(tx, port, field == "node_port")?
+        else {
             continue;
         };
         let range = match field {
@@ -237,15 +280,20 @@ pub fn insert(
             _ => None,
         };
         match range {
-            Some(range) if port == range.first => {
+            Some(range) if port == range.first || req.omitted.contains(&field) => {
                 let taken = clusters::ports_in_use(tx, range.first, range.last)?;
                 let own = spec.ports().map(|(_, p)| p);
-                let free = (range.first..=range.last).find(|p| !taken.contains(p) && !own.contains(p));
+                let free =
+                    (range.first..=range.last).find(|p| !taken.contains(p) && !own.contains(p));
                 let Some(to) = free else {
                     return Ok(Err(Refusal::RangeFull { field, range }));
                 };
                 set_port(spec, field, to);
-                reassigned.push(Reassigned { field, from: port, to });
+                reassigned.push(Reassigned {
+                    field,
+                    from: port,
+                    to,
+                });
             }
             _ => {
                 return Ok(Err(Refusal::PortTaken {
@@ -279,13 +327,20 @@ mod tests {
             .err()
             .unwrap_or_default()
             .into_iter()
-            .map(|e| (e.loc.last().map(|v| v.to_string()).unwrap_or_default(), e.kind))
+            .map(|e| {
+                (
+                    e.loc.last().map(|v| v.to_string()).unwrap_or_default(),
+                    e.kind,
+                )
+            })
             .collect()
     }
 
     #[test]
     fn accepts_the_webui_body_with_defaults() {
-        let spec = parse(br#"{"name":"dev","provider":"k3d","cluster_subnet":""}"#).unwrap();
+        let req = parse(br#"{"name":"dev","provider":"k3d","cluster_subnet":""}"#).unwrap();
+        assert_eq!(req.omitted, ["pf_port", "http_port", "https_port"]);
+        let spec = req.spec;
         assert_eq!(spec.node_port, 30080);
         assert_eq!(spec.pf_port, 19000);
         assert_eq!(spec.cluster_subnet, None);
@@ -294,13 +349,25 @@ mod tests {
 
     #[test]
     fn reports_every_bad_field() {
-        let found = errors(r#"{"name":"Bad Name","provider":"minikube","node_port":80,"pf_port":"x","register_argocd":"yes","cluster_subnet":"10.0.0.0/33"}"#);
+        let found = errors(
+            r#"{"name":"Bad Name","provider":"minikube","node_port":80,"pf_port":"x","register_argocd":"yes","cluster_subnet":"10.0.0.0/33"}"#,
+        );
         let fields: Vec<&str> = found.iter().map(|(f, _)| f.trim_matches('"')).collect();
         assert_eq!(
             fields,
-            ["name", "provider", "node_port", "pf_port", "cluster_subnet", "register_argocd"]
+            [
+                "name",
+                "provider",
+                "node_port",
+                "pf_port",
+                "cluster_subnet",
+                "register_argocd"
+            ]
         );
-        assert_eq!(errors(r#"{"provider":"kind"}"#), [("\"name\"".into(), "missing")]);
+        assert_eq!(
+            errors(r#"{"provider":"kind"}"#),
+            [("\"name\"".into(), "missing")]
+        );
         assert_eq!(errors("[1]")[0].1, "model_attributes_type");
         assert_eq!(errors("{nope")[0].1, "json_invalid");
     }
@@ -310,7 +377,14 @@ mod tests {
         for ok in ["10.42.0.0/16", "192.168.1.0/24", "0.0.0.0/0"] {
             assert!(is_ipv4_cidr(ok), "{ok}");
         }
-        for bad in ["10.42.0.0", "10.42.0/16", "10.42.0.0/", "10.42.0.256/16", "a.b.c.d/8", "10.0.0.0/16; rm"] {
+        for bad in [
+            "10.42.0.0",
+            "10.42.0/16",
+            "10.42.0.0/",
+            "10.42.0.256/16",
+            "a.b.c.d/8",
+            "10.0.0.0/16; rm",
+        ] {
             assert!(!is_ipv4_cidr(bad), "{bad}");
         }
     }

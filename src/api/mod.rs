@@ -83,7 +83,10 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
         let _ = std::fs::remove_file(path);
     }
     connections.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
+        .await
+        .is_err()
+    {
         log::warn("some HTTP requests did not finish in time and were dropped");
     }
 }

@@ -69,14 +69,17 @@ impl ApiError {
             ApiError::NotFound(m) => text(StatusCode::NOT_FOUND, m),
             ApiError::Forbidden(m) => text(StatusCode::FORBIDDEN, m),
             ApiError::Conflict(m) => text(StatusCode::CONFLICT, m),
-            ApiError::Invalid(errors) => json(StatusCode::UNPROCESSABLE_ENTITY, &Detail { detail: errors }),
+            ApiError::Invalid(errors) => {
+                json(StatusCode::UNPROCESSABLE_ENTITY, &Detail { detail: errors })
+            }
             ApiError::TooLarge(limit) => text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("request body is larger than {limit} bytes"),
             ),
             ApiError::MethodNotAllowed(allow) => {
                 let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-                r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+                r.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
                 r
             }
             ApiError::Unavailable(m) => text(StatusCode::SERVICE_UNAVAILABLE, m),

@@ -76,7 +76,8 @@ async fn route(app: AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
             task(&app, decode(id)).await
         }
         ["ws", "tasks"] => Err(ApiError::NotFound(
-            "live task updates over WebSocket are not available; poll GET /api/tasks/{task_id}".into(),
+            "live task updates over WebSocket are not available; poll GET /api/tasks/{task_id}"
+                .into(),
         )),
         _ => Err(ApiError::NotFound("Not Found".into())),
     }
@@ -125,7 +126,10 @@ fn decode(raw: &str) -> String {
 
 /// The health answer; also used by the watchdog to check that the API can reach the store.
 pub async fn health(app: &AppRef) -> Result<(), String> {
-    app.store.read(clusters::ping).await.map_err(|e| e.to_string())
+    app.store
+        .read(clusters::ping)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
@@ -138,7 +142,9 @@ async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
                 version: env!("CARGO_PKG_VERSION"),
             },
         )),
-        Err(e) => Err(ApiError::Unavailable(format!("the store cannot be read: {e}"))),
+        Err(e) => Err(ApiError::Unavailable(format!(
+            "the store cannot be read: {e}"
+        ))),
     }
 }
 
@@ -151,7 +157,11 @@ async fn list(app: &AppRef) -> Result<Reply, ApiError> {
 
 async fn find(app: &AppRef, name: ClusterName) -> Result<ClusterRecord, ApiError> {
     let lookup = name.clone();
-    match app.store.read(move |c| clusters::by_name(c, &lookup)).await? {
+    match app
+        .store
+        .read(move |c| clusters::by_name(c, &lookup))
+        .await?
+    {
         Some(Ok(record)) => Ok(record),
         Some(Err(invalid)) => Err(ApiError::Unavailable(invalid.to_string())),
         None => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
@@ -167,10 +177,17 @@ async fn history(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
     let lookup = name.clone();
     let found = app
         .store
-        .read(move |c| Ok((clusters::by_name(c, &lookup)?, runs::recent_for_name(c, lookup.as_str(), HISTORY_LIMIT)?)))
+        .read(move |c| {
+            Ok((
+                clusters::by_name(c, &lookup)?,
+                runs::recent_for_name(c, lookup.as_str(), HISTORY_LIMIT)?,
+            ))
+        })
         .await?;
     match found {
-        (None, runs) if runs.is_empty() => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
+        (None, runs) if runs.is_empty() => {
+            Err(ApiError::NotFound(format!("Cluster {name} not found")))
+        }
         (_, runs) => {
             let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
             Ok(json(StatusCode::OK, &views))
@@ -189,7 +206,12 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::TooLarge(MAX_BODY)),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge(MAX_BODY))
+        }
         Err(e) => Err(ApiError::Invalid(vec![FieldError {
             loc: vec!["body".into()],
             msg: format!("the request body could not be read: {e}"),
@@ -200,14 +222,14 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
 
 async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
     let body = read_body(req).await?;
-    let mut spec = create::parse(&body).map_err(ApiError::Invalid)?;
+    let mut request = create::parse(&body).map_err(ApiError::Invalid)?;
     let settings = app.settings();
-    let name = spec.name.clone();
+    let name = request.spec.name.clone();
     let (outcome, spec) = app
         .store
         .write(move |tx| {
-            let outcome = create::insert(tx, &mut spec, &settings)?;
-            Ok((outcome, spec))
+            let outcome = create::insert(tx, &mut request, &settings)?;
+            Ok((outcome, request.spec))
         })
         .await?;
     let reassigned = match outcome {
@@ -217,14 +239,20 @@ async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError>
     app.wake.notify_one();
     let mut message = format!("Cluster {name} declared; kindler is creating it");
     for r in &reassigned {
-        message.push_str(&format!("; {} {} was taken, {} assigned", r.field, r.from, r.to));
+        message.push_str(&format!(
+            "; {} {} was taken, {} assigned",
+            r.field, r.from, r.to
+        ));
     }
-    Event::new(Priority::Info, format!("cluster {name} declared present ({})", spec.provider))
-        .id(ids::CLUSTER_DECLARED)
-        .field("CLUSTER", &name)
-        .field("PROVIDER", spec.provider)
-        .field("DESIRED_STATE", DesiredState::Present)
-        .emit();
+    Event::new(
+        Priority::Info,
+        format!("cluster {name} declared present ({})", spec.provider),
+    )
+    .id(ids::CLUSTER_DECLARED)
+    .field("CLUSTER", &name)
+    .field("PROVIDER", spec.provider)
+    .field("DESIRED_STATE", DesiredState::Present)
+    .emit();
     Ok(json(
         StatusCode::ACCEPTED,
         &TaskCreate {
@@ -236,7 +264,12 @@ async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError>
 }
 
 async fn delete(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
-    if app.settings().protected_clusters.iter().any(|p| p == name.as_str()) {
+    if app
+        .settings()
+        .protected_clusters
+        .iter()
+        .any(|p| p == name.as_str())
+    {
         return Err(ApiError::Forbidden(format!(
             "Cluster {name} is protected and cannot be deleted"
         )));
@@ -255,7 +288,9 @@ async fn delete(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
 async fn power(app: &AppRef, name: ClusterName, kind: TaskKind) -> Result<Reply, ApiError> {
     let record = find(app, name.clone()).await?;
     if record.desired == DesiredState::Absent {
-        return Err(ApiError::Conflict(format!("Cluster {name} is being deleted")));
+        return Err(ApiError::Conflict(format!(
+            "Cluster {name} is being deleted"
+        )));
     }
     let (desired, verb) = match kind {
         TaskKind::Stop => (DesiredState::Stopped, "stopping"),
@@ -293,7 +328,11 @@ async fn declare(app: &AppRef, name: &ClusterName, desired: DesiredState) -> Res
 
 async fn task(app: &AppRef, id: String) -> Result<Reply, ApiError> {
     let (lookup, app2) = (id.clone(), app.clone());
-    match app.store.read(move |c| tasks::status(c, &app2, &lookup)).await? {
+    match app
+        .store
+        .read(move |c| tasks::status(c, &app2, &lookup))
+        .await?
+    {
         Some(status) => Ok(json(StatusCode::OK, &status)),
         None => Err(ApiError::NotFound(format!("Task {id} not found"))),
     }

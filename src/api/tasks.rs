@@ -77,11 +77,17 @@ impl TaskKind {
 fn readings(task_id: &str) -> Vec<(TaskKind, ClusterName)> {
     let mut found = Vec::new();
     for (kind, prefix) in TaskKind::PREFIXED {
-        if let Some(name) = task_id.strip_prefix(prefix).and_then(|n| ClusterName::parse(n).ok()) {
+        if let Some(name) = task_id
+            .strip_prefix(prefix)
+            .and_then(|n| ClusterName::parse(n).ok())
+        {
             found.push((kind, name));
         }
     }
-    if let Some(name) = task_id.strip_prefix("reconcile-").and_then(|n| ClusterName::parse(n).ok()) {
+    if let Some(name) = task_id
+        .strip_prefix("reconcile-")
+        .and_then(|n| ClusterName::parse(n).ok())
+    {
         found.push((TaskKind::Create, name));
     }
     found
@@ -100,7 +106,14 @@ pub fn status(conn: &Connection, app: &AppRef, task_id: &str) -> StoreResult<Opt
         if row.is_none() && run.is_none() {
             continue;
         }
-        return Ok(Some(describe(app, task_id, kind, &name, row.as_ref(), run.as_ref())));
+        return Ok(Some(describe(
+            app,
+            task_id,
+            kind,
+            &name,
+            row.as_ref(),
+            run.as_ref(),
+        )));
     }
     Ok(None)
 }
@@ -127,7 +140,9 @@ fn describe(
     };
     if let Some(run) = run {
         task.created_at = Some(time::iso(&run.started_at));
-        task.updated_at = Some(time::iso(run.ended_at.as_deref().unwrap_or(&run.started_at)));
+        task.updated_at = Some(time::iso(
+            run.ended_at.as_deref().unwrap_or(&run.started_at),
+        ));
         task.logs = match run.outcome {
             RunOutcome::Running => app.live_lines(run.id).unwrap_or_default(),
             _ => run.output_tail.clone(),
@@ -145,11 +160,15 @@ fn describe(
             return task;
         }
         let wanted = row.desired == kind.goal();
-        let older = run.is_some_and(|r| r.generation < row.generation && r.outcome != RunOutcome::Running);
+        let older =
+            run.is_some_and(|r| r.generation < row.generation && r.outcome != RunOutcome::Running);
         if !wanted && run.is_none() {
             task.status = "failed";
             task.progress = 100;
-            task.error = Some(format!("superseded: cluster {name} is now declared {}", row.desired));
+            task.error = Some(format!(
+                "superseded: cluster {name} is now declared {}",
+                row.desired
+            ));
             task.message = task.error.clone().unwrap_or_default();
             return task;
         }
@@ -179,11 +198,18 @@ fn describe(
                 .clone()
                 .unwrap_or_else(|| format!("Waiting to {verb} cluster {name}"));
         }
-        RunOutcome::Failed | RunOutcome::TimedOut | RunOutcome::Cancelled | RunOutcome::Interrupted => {
+        RunOutcome::Failed
+        | RunOutcome::TimedOut
+        | RunOutcome::Cancelled
+        | RunOutcome::Interrupted => {
             task.status = "failed";
             task.progress = 100;
             task.error = run.error.clone();
-            let headline = run.error.as_deref().and_then(|e| e.lines().next()).unwrap_or("failed");
+            let headline = run
+                .error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or("failed");
             task.message = match row.and_then(|r| r.next_attempt_at.as_deref()) {
                 Some(next) if wanted_again => {
                     format!("{headline}; kindler retries at {}", time::iso(next))
@@ -207,7 +233,10 @@ mod tests {
         let r = readings("reconcile-delete-dev");
         assert_eq!(r.len(), 2);
         assert_eq!(r[0], (TaskKind::Delete, dev.clone()));
-        assert_eq!(r[1], (TaskKind::Create, ClusterName::parse("delete-dev").unwrap()));
+        assert_eq!(
+            r[1],
+            (TaskKind::Create, ClusterName::parse("delete-dev").unwrap())
+        );
         assert_eq!(readings("reconcile-dev"), [(TaskKind::Create, dev)]);
         assert!(readings("something-else").is_empty());
         assert!(readings("reconcile-Bad Name").is_empty());

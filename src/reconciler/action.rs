@@ -99,7 +99,9 @@ pub async fn execute(
             let store = app.store.clone();
             let run_id = plan.run_id;
             tokio::spawn(async move {
-                let _ = store.write(move |tx| runs::set_pgid(tx, run_id, pgid)).await;
+                let _ = store
+                    .write(move |tx| runs::set_pgid(tx, run_id, pgid))
+                    .await;
             });
         };
         let report = runner::run(&inv, limits, &cancel, on_spawn, &mut on_line).await;

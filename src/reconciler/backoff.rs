@@ -35,7 +35,10 @@ mod tests {
         for (attempt, base) in [(1u32, 5.0), (2, 10.0), (3, 20.0), (7, 300.0), (40, 300.0)] {
             for _ in 0..50 {
                 let d = delay(attempt, initial, max).as_secs_f64();
-                assert!(d >= base * 0.8 - 1e-9 && d <= (base * 1.2).min(300.0) + 1e-9, "{attempt}: {d}");
+                assert!(
+                    d >= base * 0.8 - 1e-9 && d <= (base * 1.2).min(300.0) + 1e-9,
+                    "{attempt}: {d}"
+                );
             }
         }
     }

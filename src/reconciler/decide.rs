@@ -106,7 +106,7 @@ mod tests {
             observed_generation: 0,
             attempts: 0,
             last_action,
-        nodes_ready: None,
+            nodes_ready: None,
             nodes_total: None,
         }
     }
@@ -142,7 +142,11 @@ mod tests {
             (D::Stopped, A::Unknown, None, Decision::Act(Create)),
         ];
         for (desired, actual, last, want) in cases {
-            assert_eq!(act(desired, actual, last), want, "{desired} {actual} {last:?}");
+            assert_eq!(
+                act(desired, actual, last),
+                want,
+                "{desired} {actual} {last:?}"
+            );
         }
     }
 

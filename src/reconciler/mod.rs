@@ -183,7 +183,10 @@ impl Reconciler {
         let endings = unfinished.iter().map(|run| async move {
             match &run.process_tag {
                 Some(tag) => {
-                    let target = Target { pgid: None, tag: tag.clone() };
+                    let target = Target {
+                        pgid: None,
+                        tag: tag.clone(),
+                    };
                     let found = target.live().len();
                     target.terminate(grace).await;
                     found
@@ -248,7 +251,12 @@ impl Reconciler {
         let loaded = self
             .app
             .store
-            .read(|conn| Ok((clusters::max_change_seq(conn)?, clusters::schedule_rows(conn)?)))
+            .read(|conn| {
+                Ok((
+                    clusters::max_change_seq(conn)?,
+                    clusters::schedule_rows(conn)?,
+                ))
+            })
             .await;
         let (cursor, rows) = match loaded {
             Ok(v) => v,
@@ -272,7 +280,12 @@ impl Reconciler {
     /// Reads the change feed: rows inserted or re-declared since the cursor.
     async fn sync_changes(&mut self) {
         let cursor = self.cursor;
-        let changed = match self.app.store.read(move |c| clusters::changed_since(c, cursor)).await {
+        let changed = match self
+            .app
+            .store
+            .read(move |c| clusters::changed_since(c, cursor))
+            .await
+        {
             Ok(c) => c,
             Err(e) => return log::error(&format!("cannot read changes: {e}")),
         };
@@ -297,7 +310,9 @@ impl Reconciler {
             Some(Ok(rec)) => Some(rec.desired),
             Some(Err(_)) | None => None,
         };
-        let Some(running) = self.running.get(&id) else { return };
+        let Some(running) = self.running.get(&id) else {
+            return;
+        };
         if desired == Some(running.action.goal()) {
             return;
         }
@@ -322,7 +337,12 @@ impl Reconciler {
         if Instant::now() >= self.next_maintenance {
             self.next_maintenance = Instant::now() + MAINTENANCE_EVERY;
             let max_age = settings.history_max_age;
-            if let Err(e) = self.app.store.write(move |tx| runs::prune_old(tx, max_age)).await {
+            if let Err(e) = self
+                .app
+                .store
+                .write(move |tx| runs::prune_old(tx, max_age))
+                .await
+            {
                 log::warn(&format!("cannot prune old history: {e}"));
             }
         }
@@ -400,8 +420,12 @@ impl Reconciler {
         let run_id = match begun {
             Ok(run_id) => run_id,
             Err(e) => {
-                log::error(&format!("cannot start {action} of {}: {e}", record.spec.name));
-                self.schedule.set(id, Instant::now() + settings.backoff_initial);
+                log::error(&format!(
+                    "cannot start {action} of {}: {e}",
+                    record.spec.name
+                ));
+                self.schedule
+                    .set(id, Instant::now() + settings.backoff_initial);
                 return;
             }
         };
@@ -409,13 +433,24 @@ impl Reconciler {
             self.visited.insert(id);
         }
         self.status_dirty = action != Action::Probe;
-        let level = if action == Action::Probe { Priority::Debug } else { Priority::Info };
-        cluster_event(level, ids::RECONCILE_STARTED, &record, action, run_id, attempt)
-            .message_text(format!(
-                "{action} of cluster {} started (attempt {attempt})",
-                record.spec.name
-            ))
-            .emit();
+        let level = if action == Action::Probe {
+            Priority::Debug
+        } else {
+            Priority::Info
+        };
+        cluster_event(
+            level,
+            ids::RECONCILE_STARTED,
+            &record,
+            action,
+            run_id,
+            attempt,
+        )
+        .message_text(format!(
+            "{action} of cluster {} started (attempt {attempt})",
+            record.spec.name
+        ))
+        .emit();
 
         let live = LiveRun {
             tail: Arc::new(Mutex::new(Tail::new(settings.output_tail_lines))),
@@ -620,13 +655,31 @@ fn record_end(
             end.removed = clusters::remove_if_absent(tx, id)?;
             if !end.removed {
                 // Declared again while it was being deleted: it is gone, so create anew.
-                finish(tx, id, ActualState::Unknown, None, 0, None, plan.record.generation, None)?;
+                finish(
+                    tx,
+                    id,
+                    ActualState::Unknown,
+                    None,
+                    0,
+                    None,
+                    plan.record.generation,
+                    None,
+                )?;
                 end.actual = Some(ActualState::Unknown);
             }
         }
         RunOutcome::Succeeded => {
             let state = plan.action.success_state().unwrap_or(ActualState::Running);
-            finish(tx, id, state, None, 0, None, plan.record.generation, f.nodes)?;
+            finish(
+                tx,
+                id,
+                state,
+                None,
+                0,
+                None,
+                plan.record.generation,
+                f.nodes,
+            )?;
             end.actual = Some(state);
         }
         RunOutcome::Failed | RunOutcome::TimedOut => {
@@ -638,7 +691,16 @@ fn record_end(
                 end.next_attempt_at = Some(time::text(SystemTime::now() + delay));
             }
             let next = end.next_attempt_at.clone();
-            finish(tx, id, ActualState::Failed, error, end.attempts, next, plan.record.generation, None)?;
+            finish(
+                tx,
+                id,
+                ActualState::Failed,
+                error,
+                end.attempts,
+                next,
+                plan.record.generation,
+                None,
+            )?;
             end.actual = Some(ActualState::Failed);
         }
         RunOutcome::Cancelled | RunOutcome::Interrupted | RunOutcome::Running => {
@@ -690,27 +752,42 @@ fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
         RunOutcome::Succeeded => (
             Priority::Notice,
             ids::RECONCILE_SUCCEEDED,
-            format!("{action} of cluster {name} succeeded in {}", millis(f.duration)),
+            format!(
+                "{action} of cluster {name} succeeded in {}",
+                millis(f.duration)
+            ),
         ),
         RunOutcome::Failed => (
             Priority::Error,
             ids::RECONCILE_FAILED,
-            format!("cluster {name}: {}", v.headline.as_deref().unwrap_or("failed")),
+            format!(
+                "cluster {name}: {}",
+                v.headline.as_deref().unwrap_or("failed")
+            ),
         ),
         RunOutcome::TimedOut => (
             Priority::Error,
             ids::RECONCILE_TIMED_OUT,
-            format!("cluster {name}: {}", v.headline.as_deref().unwrap_or("timed out")),
+            format!(
+                "cluster {name}: {}",
+                v.headline.as_deref().unwrap_or("timed out")
+            ),
         ),
         RunOutcome::Cancelled => (
             Priority::Notice,
             ids::RECONCILE_CANCELLED,
-            format!("cluster {name}: {}", v.headline.as_deref().unwrap_or("cancelled")),
+            format!(
+                "cluster {name}: {}",
+                v.headline.as_deref().unwrap_or("cancelled")
+            ),
         ),
         RunOutcome::Interrupted | RunOutcome::Running => (
             Priority::Warning,
             ids::ACTION_INTERRUPTED,
-            format!("cluster {name}: {}", v.headline.as_deref().unwrap_or("interrupted")),
+            format!(
+                "cluster {name}: {}",
+                v.headline.as_deref().unwrap_or("interrupted")
+            ),
         ),
     };
     let mut event = cluster_event(priority, id, rec, action, plan.run_id, plan.attempt)
@@ -729,12 +806,15 @@ fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
     }
     event.emit();
     if end.removed {
-        Event::new(Priority::Notice, format!("cluster {name} deleted and removed from the store"))
-            .id(ids::CLUSTER_REMOVED)
-            .field("CLUSTER", name)
-            .field("PROVIDER", rec.spec.provider)
-            .field("RUN_ID", plan.run_id)
-            .emit();
+        Event::new(
+            Priority::Notice,
+            format!("cluster {name} deleted and removed from the store"),
+        )
+        .id(ids::CLUSTER_REMOVED)
+        .field("CLUSTER", name)
+        .field("PROVIDER", rec.spec.provider)
+        .field("RUN_ID", plan.run_id)
+        .emit();
     }
     if let Some(next) = &end.next_attempt_at {
         let wait = time::parse(next)
@@ -793,7 +873,9 @@ fn cluster_event(
 
 /// The `Instant` at which wall-clock time `t` arrives (now, if it has passed).
 fn instant_at(t: SystemTime) -> Instant {
-    Instant::now() + t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+    Instant::now()
+        + t.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
 }
 
 /// A fault switch for the watchdog test, compiled into debug (test) builds only: while

@@ -3,7 +3,9 @@
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::{time, StoreResult};
-use crate::model::{defaults, Action, ActualState, ClusterName, ClusterSpec, DesiredState, Provider};
+use crate::model::{
+    defaults, Action, ActualState, ClusterName, ClusterSpec, DesiredState, Provider,
+};
 
 /// One row of `clusters`, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +38,11 @@ pub struct InvalidRow {
 
 impl std::fmt::Display for InvalidRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "row {} ({:?}) is ignored: {}", self.id, self.name, self.reason)
+        write!(
+            f,
+            "row {} ({:?}) is ignored: {}",
+            self.id, self.name, self.reason
+        )
     }
 }
 
@@ -133,7 +139,8 @@ pub fn list(conn: &Connection) -> StoreResult<Vec<Parsed>> {
 }
 
 pub fn by_name(conn: &Connection, name: &ClusterName) -> StoreResult<Option<Parsed>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM clusters WHERE name = ?1"))?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM clusters WHERE name = ?1"))?;
     Ok(stmt.query_row([name.as_str()], from_row).optional()?)
 }
 
@@ -228,7 +235,11 @@ pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
 
 /// Declares a new desired state; the trigger bumps the generation when it changed.
 /// Returns false when no such cluster exists.
-pub fn set_desired(tx: &Transaction, name: &ClusterName, desired: DesiredState) -> StoreResult<bool> {
+pub fn set_desired(
+    tx: &Transaction,
+    name: &ClusterName,
+    desired: DesiredState,
+) -> StoreResult<bool> {
     let n = tx
         .prepare_cached("UPDATE clusters SET desired_state = ?2 WHERE name = ?1")?
         .execute(params![name.as_str(), desired.as_str()])?;
@@ -247,7 +258,11 @@ pub fn changed_since(conn: &Connection, after: i64) -> StoreResult<Vec<(i64, i64
 }
 
 pub fn max_change_seq(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(change_seq), 0) FROM clusters", [], |r| r.get(0))?)
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(change_seq), 0) FROM clusters",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// An action begins: the cluster enters the action's in-progress state.
@@ -331,9 +346,8 @@ pub struct ScheduleRow {
 }
 
 pub fn schedule_rows(conn: &Connection) -> StoreResult<Vec<ScheduleRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, actual_state, desired_state, last_reconciled_at FROM clusters",
-    )?;
+    let mut stmt =
+        conn.prepare("SELECT id, actual_state, desired_state, last_reconciled_at FROM clusters")?;
     let rows = stmt
         .query_map([], |r| {
             Ok(ScheduleRow {
@@ -368,5 +382,8 @@ pub fn summary(conn: &Connection) -> StoreResult<Summary> {
         )?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    Ok(Summary { by_state, next_retry })
+    Ok(Summary {
+        by_state,
+        next_retry,
+    })
 }

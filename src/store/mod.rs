@@ -71,7 +71,10 @@ impl Store {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let mut writer = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let mut writer = connect(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         let applied = migrate::run(&mut writer)?;
         let version = data_version(&writer)?;
@@ -110,7 +113,10 @@ impl Store {
         blocking(move || store.write_blocking(f)).await
     }
 
-    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let pooled = self.inner.readers.lock().unwrap().pop();
         let conn = match pooled {
             Some(c) => c,

@@ -118,16 +118,29 @@ pub fn finish(tx: &Transaction, run_id: i64, end: &RunEnd) -> StoreResult<()> {
 }
 
 /// The newest run of one of `actions` for a cluster row.
-pub fn latest_for_cluster(conn: &Connection, cluster_id: i64, actions: &[Action]) -> StoreResult<Option<RunRecord>> {
+pub fn latest_for_cluster(
+    conn: &Connection,
+    cluster_id: i64,
+    actions: &[Action],
+) -> StoreResult<Option<RunRecord>> {
     latest(conn, "cluster_id = ?1", cluster_id.to_string(), actions)
 }
 
 /// The newest run of one of `actions` for a cluster name (its row may be gone).
-pub fn latest_for_name(conn: &Connection, name: &str, actions: &[Action]) -> StoreResult<Option<RunRecord>> {
+pub fn latest_for_name(
+    conn: &Connection,
+    name: &str,
+    actions: &[Action],
+) -> StoreResult<Option<RunRecord>> {
     latest(conn, "cluster_name = ?1", name.to_owned(), actions)
 }
 
-fn latest(conn: &Connection, filter: &str, key: String, actions: &[Action]) -> StoreResult<Option<RunRecord>> {
+fn latest(
+    conn: &Connection,
+    filter: &str,
+    key: String,
+    actions: &[Action],
+) -> StoreResult<Option<RunRecord>> {
     let list = actions
         .iter()
         .map(|a| format!("'{}'", a.as_str()))
@@ -136,7 +149,10 @@ fn latest(conn: &Connection, filter: &str, key: String, actions: &[Action]) -> S
     let sql = format!(
         "SELECT {COLUMNS} FROM reconcile_runs WHERE {filter} AND action IN ({list}) ORDER BY id DESC LIMIT 1"
     );
-    Ok(conn.prepare_cached(&sql)?.query_row([key], from_row).optional()?)
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([key], from_row)
+        .optional()?)
 }
 
 /// The newest runs of a cluster, newest first.
@@ -144,7 +160,9 @@ pub fn recent_for_name(conn: &Connection, name: &str, limit: u32) -> StoreResult
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM reconcile_runs WHERE cluster_name = ?1 ORDER BY id DESC LIMIT ?2"
     ))?;
-    let runs = stmt.query_map(params![name, limit], from_row)?.collect::<Result<_, _>>()?;
+    let runs = stmt
+        .query_map(params![name, limit], from_row)?
+        .collect::<Result<_, _>>()?;
     Ok(runs)
 }
 

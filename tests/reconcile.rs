@@ -1,0 +1,450 @@
+//! The reconciler through the real binary: scripts run in process groups, failures back
+//! off, timeouts and cancellations end whole groups, and stops and crashes lose nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{alive, eventually, Env};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn declare(env: &Env, name: &str, provider: &str) {
+    let r = env.post(
+        "/api/clusters",
+        &format!(r#"{{"name":"{name}","provider":"{provider}"}}"#),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+}
+
+#[test]
+fn create_runs_the_script_with_the_contract_argv_then_delete_removes_the_row() {
+    let env = Env::new();
+    let _d = env.start(&[]);
+    let r = env.post(
+        "/api/clusters",
+        r#"{"name":"dev","provider":"k3d","node_port":30081,"pf_port":19500,"http_port":18100,"https_port":18500,
+            "cluster_subnet":"10.42.0.0/16","register_portainer":false,"haproxy_route":true,"register_argocd":false}"#,
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let body = r.json();
+    assert_eq!(body["task_id"], "reconcile-dev");
+    assert_eq!(body["status"], "pending");
+    assert!(body["message"].as_str().unwrap().contains("dev"));
+
+    let c = env.await_state("dev", "running", 10 * SEC);
+    assert_eq!(c["status"], "running");
+    assert_eq!(c["reconcile_error"], serde_json::Value::Null);
+    assert_eq!(c["observed_generation"], c["generation"]);
+    assert_eq!(
+        env.argv("create-dev"),
+        [
+            "-n",
+            "dev",
+            "-p",
+            "k3d",
+            "--node-port",
+            "30081",
+            "--pf-port",
+            "19500",
+            "--no-register-portainer",
+            "--haproxy-route",
+            "--no-register-argocd"
+        ]
+    );
+    // Creating is verified by the probe.
+    assert_eq!(env.argv("probe-dev"), ["-n", "dev", "-p", "k3d"]);
+    let script_env = env.script_env("create-dev");
+    assert_eq!(script_env["KINDLER_CLUSTER"], "dev");
+    assert_eq!(script_env["KINDLER_HTTP_PORT"], "18100");
+    assert_eq!(script_env["KINDLER_CLUSTER_SUBNET"], "10.42.0.0/16");
+    assert_eq!(script_env["KINDLER_REGISTER_PORTAINER"], "0");
+    assert_eq!(script_env["KINDLER_CONTEXT"], "k3d-dev");
+
+    let task = env.get("/api/tasks/reconcile-dev").json();
+    assert_eq!(task["status"], "completed");
+    assert_eq!(task["progress"], 100);
+    assert!(task["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l.as_str().unwrap().contains("step 2/2")));
+
+    // Declaring the same cluster again changes nothing.
+    assert_eq!(
+        env.post("/api/clusters", r#"{"name":"dev","provider":"k3d"}"#)
+            .status,
+        409
+    );
+
+    let r = env.request("DELETE", "/api/clusters/dev", None);
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.json()["task_id"], "reconcile-delete-dev");
+    env.await_gone("dev", 10 * SEC);
+    assert_eq!(env.argv("delete-dev"), ["-n", "dev", "-p", "k3d"]);
+    let task = env.get("/api/tasks/reconcile-delete-dev").json();
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(env.starts("create", "dev").len(), 1, "create ran once");
+}
+
+#[test]
+fn stop_and_start_are_declarative() {
+    let env = Env::new();
+    let _d = env.start(&[]);
+    declare(&env, "pw", "kind");
+    env.await_state("pw", "running", 10 * SEC);
+
+    let r = env.post("/api/clusters/pw/stop", "");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.json()["task_id"], "reconcile-stop-pw");
+    let c = env.await_state("pw", "stopped", 10 * SEC);
+    assert_eq!(c["desired_state"], "stopped");
+    assert_eq!(env.argv("stop-pw"), ["-n", "pw", "-p", "kind"]);
+    assert_eq!(
+        env.get("/api/tasks/reconcile-stop-pw").json()["status"],
+        "completed"
+    );
+
+    let r = env.post("/api/clusters/pw/start", "");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.json()["task_id"], "reconcile-start-pw");
+    let c = env.await_state("pw", "running", 10 * SEC);
+    assert_eq!(c["desired_state"], "present");
+    assert_eq!(env.argv("start-pw"), ["-n", "pw", "-p", "kind"]);
+    assert_eq!(env.starts("stop", "pw").len(), 1);
+    assert_eq!(env.starts("start", "pw").len(), 1);
+    assert_eq!(
+        env.starts("create", "pw").len(),
+        1,
+        "start and stop never recreate"
+    );
+}
+
+#[test]
+fn a_failing_script_backs_off_and_recovers_once_fixed() {
+    let env = Env::new();
+    env.mode("create", "fail");
+    let _d = env.start(&["--backoff-initial", "300ms", "--backoff-max", "5s"]);
+    declare(&env, "flaky", "k3d");
+
+    let c = env.await_state("flaky", "failed", 10 * SEC);
+    let error = c["reconcile_error"].as_str().unwrap();
+    assert!(error.contains("create failed (exit status 3)"), "{error}");
+    assert!(
+        error.contains("ERROR: port 6443 is already allocated"),
+        "the last output lines: {error}"
+    );
+    assert!(c["next_attempt_at"].is_string());
+
+    // Three attempts: the gaps between them grow (300 ms, 600 ms, each within ±20 %).
+    eventually(15 * SEC, "three create attempts", || {
+        (env.starts("create", "flaky").len() >= 3).then_some(())
+    });
+    let starts = env.starts("create", "flaky");
+    let gap = |i: usize| (starts[i + 1].at_ns - starts[i].at_ns) as f64 / 1e9;
+    assert!(
+        gap(0) >= 0.24,
+        "first retry after at least 0.8 × 300ms: {}",
+        gap(0)
+    );
+    assert!(
+        gap(1) >= 0.48,
+        "second retry after at least 0.8 × 600ms: {}",
+        gap(1)
+    );
+    assert!(gap(1) > gap(0), "backoff grows: {} then {}", gap(0), gap(1));
+    let c = env.cluster("flaky").unwrap();
+    assert!(c["attempts"].as_u64().unwrap() >= 2, "{c}");
+    let task = env.get("/api/tasks/reconcile-flaky").json();
+    assert_eq!(task["status"], "failed", "{task}");
+    assert!(task["error"].as_str().unwrap().contains("exit status 3"));
+
+    env.mode("create", "ok");
+    let c = env.await_state("flaky", "running", 15 * SEC);
+    assert_eq!(c["attempts"], 0, "success resets the backoff");
+    assert_eq!(c["reconcile_error"], serde_json::Value::Null);
+    assert_eq!(c["next_attempt_at"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_hanging_script_times_out_and_its_whole_group_is_killed() {
+    let env = Env::new();
+    env.mode("create", "stubborn");
+    let _d = env.start(&[
+        "--action-timeout",
+        "1500ms",
+        "--kill-grace",
+        "500ms",
+        "--backoff-initial",
+        "1h",
+        "--backoff-max",
+        "2h",
+    ]);
+    declare(&env, "stuck", "k3d");
+    eventually(10 * SEC, "the script and its children to start", || {
+        (env.pids("create-stuck").len() >= 4).then_some(())
+    });
+    let c = env.await_state("stuck", "failed", 10 * SEC);
+    let error = c["reconcile_error"].as_str().unwrap();
+    assert!(error.contains("create timed out after 1s 500ms"), "{error}");
+    assert!(
+        env.alive("create-stuck").is_empty(),
+        "processes left: {:?}",
+        env.alive("create-stuck")
+    );
+    let history = env.get("/api/clusters/stuck/history").json();
+    assert_eq!(history[0]["outcome"], "timed_out", "{history}");
+    assert_eq!(
+        history[0]["signal"], 9,
+        "SIGTERM was ignored, so SIGKILL ended it: {history}"
+    );
+}
+
+#[test]
+fn deleting_while_creating_cancels_the_create_and_deletes() {
+    let env = Env::new();
+    env.mode("create", "bg");
+    let _d = env.start(&[]);
+    declare(&env, "short", "k3d");
+    env.await_state("short", "creating", 10 * SEC);
+    eventually(10 * SEC, "the create's children", || {
+        (env.pids("create-short").len() >= 4).then_some(())
+    });
+
+    assert_eq!(
+        env.request("DELETE", "/api/clusters/short", None).status,
+        202
+    );
+    env.await_gone("short", 10 * SEC);
+    assert!(
+        env.alive("create-short").is_empty(),
+        "create processes left: {:?}",
+        env.alive("create-short")
+    );
+    let calls = env.calls();
+    let create_start = calls
+        .iter()
+        .position(|c| c.action == "create" && c.event == "start")
+        .unwrap();
+    let delete_start = calls
+        .iter()
+        .position(|c| c.action == "delete" && c.event == "start")
+        .unwrap();
+    assert!(delete_start > create_start);
+    let history = env.get("/api/clusters/short/history").json();
+    let outcomes: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["succeeded", "cancelled"],
+        "newest first: {history}"
+    );
+    assert!(history[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("desired state changed to absent"));
+}
+
+#[test]
+fn sigterm_ends_the_script_group_within_the_grace_and_the_next_start_completes_it() {
+    let env = Env::new();
+    env.mode("create", "stubborn");
+    let mut d = env.start(&["--kill-grace", "1s"]);
+    declare(&env, "halt", "k3d");
+    eventually(10 * SEC, "the create's children", || {
+        (env.pids("create-halt").len() >= 4).then_some(())
+    });
+
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(5 * SEC).expect("the daemon exits");
+    let took = t0.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took < Duration::from_millis(2000),
+        "grace 1s + 1s, took {took:?}"
+    );
+    assert!(
+        env.alive("create-halt").is_empty(),
+        "left: {:?}",
+        env.alive("create-halt")
+    );
+    let row = env.sqlite("SELECT actual_state, reconcile_error FROM clusters WHERE name = 'halt'");
+    assert!(
+        row.starts_with("creating|create was interrupted because kindler is stopping"),
+        "{row}"
+    );
+    let run = env.sqlite("SELECT outcome FROM reconcile_runs WHERE cluster_name = 'halt'");
+    assert_eq!(run, "interrupted");
+
+    env.mode("create", "ok");
+    let _d = env.start(&[]);
+    env.await_state("halt", "running", 10 * SEC);
+    assert_eq!(env.starts("create", "halt").len(), 2);
+}
+
+#[test]
+fn a_sigkilled_daemon_leaves_nothing_stuck() {
+    let env = Env::new();
+    env.mode("create", "bg");
+    let mut d = env.start(&[]);
+    declare(&env, "crash", "kind");
+    eventually(10 * SEC, "the create's children", || {
+        (env.pids("create-crash").len() >= 4).then_some(())
+    });
+    d.signal(libc::SIGKILL);
+    d.wait_exit(5 * SEC).expect("killed");
+    let orphans = env.alive("create-crash");
+    assert!(
+        orphans.len() >= 4,
+        "the dead daemon's script lives on: {orphans:?}"
+    );
+
+    env.mode("create", "ok");
+    let d2 = env.start(&[]);
+    env.await_state("crash", "running", 10 * SEC);
+    eventually(5 * SEC, "the orphans to be ended", || {
+        env.alive("create-crash").is_empty().then_some(())
+    });
+    for pid in orphans {
+        assert!(!alive(pid), "orphan {pid} survived");
+    }
+    let history = env.get("/api/clusters/crash/history").json();
+    assert_eq!(history[1]["outcome"], "interrupted", "{history}");
+    let log = d2.log_text();
+    let reported = log
+        .lines()
+        .find_map(|l| {
+            l.split("ended ")
+                .nth(1)?
+                .strip_suffix(
+                    "leftover processes of run 1 (create of crash) [cluster=crash run_id=1]",
+                )
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no report of the ended orphans: {log}"));
+    let n: usize = reported.trim().parse().unwrap();
+    assert!(n >= 4, "the script and its children were found: {n}");
+}
+
+#[test]
+fn a_row_inserted_with_sqlite3_is_reconciled_within_two_seconds() {
+    let env = Env::new();
+    let _d = env.start(&["--poll-interval", "500ms"]);
+    let t0 = Instant::now();
+    env.sqlite("INSERT INTO clusters (name, provider, node_port, pf_port) VALUES ('ext', 'kind', 30080, 19777)");
+    eventually(2 * SEC, "the create for the external row", || {
+        (!env.starts("create", "ext").is_empty()).then_some(())
+    });
+    eprintln!("external row picked up after {:?}", t0.elapsed());
+    env.await_state("ext", "running", 10 * SEC);
+    assert_eq!(env.argv("create-ext")[..4], ["-n", "ext", "-p", "kind"]);
+
+    // An external change of the desired state is noticed too.
+    env.sqlite("UPDATE clusters SET desired_state = 'absent' WHERE name = 'ext'");
+    env.await_gone("ext", 5 * SEC);
+}
+
+#[test]
+fn twenty_clusters_with_a_limit_of_three() {
+    let env = Env::new();
+    env.mode("create", "slow:0.3");
+    let _d = env.start(&["--max-concurrent-actions", "3"]);
+    for i in 0..20 {
+        let body = format!(
+            r#"{{"name":"c{i}","provider":"k3d","pf_port":{},"http_port":{},"https_port":{}}}"#,
+            20000 + i,
+            21000 + i,
+            22000 + i
+        );
+        assert_eq!(env.post("/api/clusters", &body).status, 202);
+    }
+    for i in 0..20 {
+        env.await_state(&format!("c{i}"), "running", 60 * SEC);
+    }
+    // Replay the stand-in's start/end log: never more than 3 at once, never two per cluster.
+    let mut calls = env.calls();
+    calls.sort_by_key(|c| c.at_ns);
+    let (mut running, mut most) = (std::collections::HashMap::<String, i32>::new(), 0);
+    for c in &calls {
+        let n = running.entry(c.cluster.clone()).or_default();
+        if c.event == "start" {
+            *n += 1;
+            assert!(*n <= 1, "two scripts at once for {}", c.cluster);
+        } else {
+            *n -= 1;
+        }
+        most = most.max(running.values().sum::<i32>());
+    }
+    assert!(most <= 3, "{most} scripts ran at once");
+    assert_eq!(most, 3, "the limit is used");
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.action == "create" && c.event == "start")
+            .count(),
+        20
+    );
+}
+
+#[test]
+fn reconcile_once_makes_one_pass_and_refuses_to_race_a_daemon() {
+    let env = Env::new();
+    let s = common::standin();
+    let s = s.to_str().unwrap();
+    let once = |env: &Env| {
+        std::process::Command::new(common::BIN)
+            .args([
+                "reconcile",
+                "--once",
+                "--database",
+                env.db().to_str().unwrap(),
+            ])
+            .env("KINDLER_CONFIG", "/dev/null")
+            .args([
+                "--create-command",
+                s,
+                "--probe-command",
+                s,
+                "--delete-command",
+                s,
+            ])
+            .env("STANDIN_DIR", env.standin_dir())
+            .output()
+            .unwrap()
+    };
+    // The store is created by migrate; rows come from another tool.
+    let out = std::process::Command::new(common::BIN)
+        .args(["migrate", "--database", env.db().to_str().unwrap()])
+        .env("KINDLER_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.sqlite("INSERT INTO clusters (name, provider) VALUES ('a', 'k3d'), ('b', 'kind')");
+    env.mode("create-b", "fail");
+    let out = once(&env);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one action failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        env.sqlite("SELECT name, actual_state FROM clusters ORDER BY name"),
+        "a|running\nb|failed"
+    );
+    assert_eq!(env.starts("create", "b").len(), 1, "one pass, one attempt");
+
+    let _d = env.start(&["--backoff-initial", "1h", "--backoff-max", "2h"]);
+    let out = once(&env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another kindler is already working on"));
+}

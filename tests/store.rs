@@ -1,0 +1,214 @@
+//! Databases left by the old system open and are upgraded in place with every row kept.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Env;
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// The old backend's table, without the five state columns (the oldest files).
+const OLDEST: &str = "
+CREATE TABLE clusters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT UNIQUE NOT NULL,
+    provider TEXT NOT NULL,
+    subnet TEXT,
+    node_port INTEGER,
+    pf_port INTEGER,
+    http_port INTEGER,
+    https_port INTEGER,
+    server_ip TEXT,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+INSERT INTO clusters (name, provider, subnet, node_port, pf_port, server_ip, created_at)
+    VALUES ('dev', 'kind', '10.101.0.0/16', 30080, 19001, '10.101.0.2', '2025-01-02 03:04:05');
+INSERT INTO clusters (name, provider, pf_port) VALUES ('uat', 'k3d', 19002);
+";
+
+/// The newer layout with the state columns and the operations table.
+const NEWER: &str = "
+CREATE TABLE clusters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT UNIQUE NOT NULL,
+    provider TEXT NOT NULL,
+    subnet TEXT,
+    node_port INTEGER,
+    pf_port INTEGER,
+    http_port INTEGER,
+    https_port INTEGER,
+    server_ip TEXT,
+    status TEXT DEFAULT 'unknown',
+    desired_state TEXT DEFAULT 'present',
+    actual_state TEXT DEFAULT 'unknown',
+    last_reconciled_at TIMESTAMP,
+    reconcile_error TEXT,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE operations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cluster_name TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    status TEXT NOT NULL,
+    log_output TEXT,
+    started_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    completed_at TIMESTAMP,
+    error_message TEXT
+);
+INSERT INTO clusters (name, provider, pf_port, desired_state, actual_state, status)
+    VALUES ('prod', 'k3d', 19003, 'present', 'running', 'running');
+INSERT INTO clusters (name, provider, pf_port, desired_state, actual_state)
+    VALUES ('gone', 'kind', 19004, 'absent', 'running');
+INSERT INTO clusters (name, provider) VALUES ('Bad Name', 'k3d');
+INSERT INTO operations (cluster_name, operation, status) VALUES ('prod', 'create', 'completed');
+";
+
+#[test]
+fn the_oldest_layout_is_upgraded_with_its_rows_kept_and_reconciled() {
+    let env = Env::new();
+    env.sqlite(OLDEST);
+    let _d = env.start(&[]);
+    let columns = env.sqlite("SELECT group_concat(name) FROM pragma_table_info('clusters')");
+    for c in [
+        "status",
+        "desired_state",
+        "actual_state",
+        "last_reconciled_at",
+        "reconcile_error",
+        "generation",
+    ] {
+        assert!(columns.split(',').any(|x| x == c), "{c} added: {columns}");
+    }
+    let dev = env.cluster("dev").expect("dev kept");
+    assert_eq!(dev["provider"], "kind");
+    assert_eq!(dev["cluster_subnet"], "10.101.0.0/16");
+    assert_eq!(dev["pf_port"], 19001);
+    assert_eq!(dev["desired_state"], "present");
+    assert_eq!(dev["created_at"], "2025-01-02T03:04:05.000Z");
+    let uat = env.cluster("uat").expect("uat kept");
+    assert_eq!(
+        uat["node_port"], 30080,
+        "NULL ports read as the contract's defaults"
+    );
+    assert_eq!(
+        env.sqlite("SELECT server_ip FROM clusters WHERE name = 'dev'"),
+        "10.101.0.2"
+    );
+    // Present and unknown: the reconciler creates them.
+    env.await_state("dev", "running", 10 * SEC);
+    env.await_state("uat", "running", 10 * SEC);
+    assert_eq!(
+        env.sqlite("SELECT group_concat(version) FROM schema_migrations"),
+        "1,2"
+    );
+    assert_eq!(
+        env.sqlite("SELECT COUNT(*) FROM operations"),
+        "0",
+        "the missing table was created"
+    );
+}
+
+#[test]
+fn the_newer_layout_keeps_its_states_and_a_second_start_changes_nothing() {
+    let env = Env::new();
+    env.sqlite(NEWER);
+    let d = env.start(&[]);
+    // running stays running (verified by a probe, not recreated); absent is deleted.
+    env.await_gone("gone", 10 * SEC);
+    let prod = env.await_state("prod", "running", 10 * SEC);
+    assert_eq!(prod["desired_state"], "present");
+    assert!(
+        env.starts("create", "prod").is_empty(),
+        "a running cluster is not created again"
+    );
+    assert_eq!(env.sqlite("SELECT COUNT(*) FROM operations"), "1");
+    // The row another tool wrote with an invalid name is kept, reported and left alone.
+    assert_eq!(
+        env.sqlite("SELECT COUNT(*) FROM clusters WHERE name = 'Bad Name'"),
+        "1"
+    );
+    common::eventually(5 * SEC, "the invalid row to be reported", || {
+        d.log_text()
+            .contains("\"Bad Name\") is ignored")
+            .then_some(())
+    });
+    drop(d);
+    let _d = env.start(&[]);
+    assert_eq!(
+        env.sqlite("SELECT group_concat(version) FROM schema_migrations"),
+        "1,2"
+    );
+    assert_eq!(env.sqlite("SELECT COUNT(*) FROM clusters"), "2");
+}
+
+#[test]
+fn a_database_from_a_newer_kindler_is_refused_untouched() {
+    let env = Env::new();
+    env.sqlite(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMP NOT NULL);
+         INSERT INTO schema_migrations VALUES (99, 'future', '2030-01-01');",
+    );
+    let out = env.command(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("newer than this kindler knows"), "{err}");
+}
+
+#[test]
+fn a_bad_config_file_names_the_file_line_and_key() {
+    let env = Env::new();
+    let path = env.dir.path().join("kindler.toml");
+    std::fs::write(&path, "max_concurrent_actions = 3\nkill_grace = \"soon\"\n").unwrap();
+    let out = env
+        .command(&["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(path.to_str().unwrap()), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("kill_grace"), "{err}");
+
+    std::fs::write(&path, "max_concurent_actions = 3\n").unwrap();
+    let out = env
+        .command(&["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        err.contains("line 1") && err.contains("max_concurent_actions"),
+        "{err}"
+    );
+}
+
+#[test]
+fn file_then_environment_then_flags() {
+    let env = Env::new();
+    let path = env.dir.path().join("kindler.toml");
+    std::fs::write(
+        &path,
+        "base_domain = \"from-file\"\nmax_concurrent_actions = 7\n",
+    )
+    .unwrap();
+    let mut cmd = env.command(&["--config", path.to_str().unwrap()]);
+    cmd.env("KINDLER_BASE_DOMAIN", "from-env");
+    let _d = env.spawn(cmd);
+    assert_eq!(env.get("/api/config").json()["base_domain"], "from-env");
+    drop(_d);
+    let _d = env.start(&["--config", path.to_str().unwrap()]);
+    assert_eq!(env.get("/api/config").json()["base_domain"], "from-file");
+    drop(_d);
+    let mut cmd = env.command(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--base-domain",
+        "from-flag",
+    ]);
+    cmd.env("KINDLER_BASE_DOMAIN", "from-env");
+    let _d = env.spawn(cmd);
+    assert_eq!(env.get("/api/config").json()["base_domain"], "from-flag");
+}
