@@ -5,7 +5,6 @@
 //! the queue is full a record is dropped and counted; the count is reported with the next
 //! record that gets through.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -203,17 +202,7 @@ pub fn debug(msg: &str) {
 /// Is stderr connected to journald? systemd sets JOURNAL_STREAM to the device and inode
 /// of the stream it connected; if stderr is still that stream, the journal is listening.
 fn stderr_is_journal() -> bool {
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
-        return false;
-    };
-    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
-        return false;
-    };
-    dev.parse::<u64>().ok() == Some(st.st_dev)
-        && ino.parse::<u64>().ok() == Some(st.st_ino)
+    libsystemd::logging::connected_to_journal()
 }
 
 fn write_loop(rx: Receiver<Message>, journal: bool) {
@@ -245,17 +234,20 @@ fn report_drops() {
 }
 
 fn send_to_journal(event: &Event) -> Result<(), ()> {
-    let mut fields = BTreeMap::new();
-    fields.insert("MESSAGE".to_owned(), event.message.clone());
-    fields.insert("PRIORITY".to_owned(), (event.priority as u8).to_string());
-    fields.insert("SYSLOG_IDENTIFIER".to_owned(), "kindler".to_owned());
-    if let Some(id) = event.message_id {
-        fields.insert("MESSAGE_ID".to_owned(), id.to_owned());
-    }
-    for (name, value) in &event.fields {
-        fields.insert(format!("KINDLER_{name}"), value.clone());
-    }
-    journald::writer::submit(&journald::JournalEntry { fields }).map_err(|_| ())
+    use libsystemd::logging::{journal_send, Priority as P};
+    let priority = match event.priority {
+        Priority::Error => P::Error,
+        Priority::Warning => P::Warning,
+        Priority::Notice => P::Notice,
+        Priority::Info => P::Info,
+        Priority::Debug => P::Debug,
+    };
+    let fields = [("SYSLOG_IDENTIFIER", "kindler".to_owned())]
+        .into_iter()
+        .chain(event.message_id.map(|id| ("MESSAGE_ID", id.to_owned())))
+        .map(|(k, v)| (k.to_owned(), v))
+        .chain(event.fields.iter().map(|(k, v)| (format!("KINDLER_{k}"), v.clone())));
+    journal_send(priority, &event.message, fields).map_err(|_| ())
 }
 
 /// A record as one readable line: `LEVEL message [key=value ...]`.
