@@ -246,7 +246,12 @@ fn send_to_journal(event: &Event) -> Result<(), ()> {
         .into_iter()
         .chain(event.message_id.map(|id| ("MESSAGE_ID", id.to_owned())))
         .map(|(k, v)| (k.to_owned(), v))
-        .chain(event.fields.iter().map(|(k, v)| (format!("KINDLER_{k}"), v.clone())));
+        .chain(
+            event
+                .fields
+                .iter()
+                .map(|(k, v)| (format!("KINDLER_{k}"), v.clone())),
+        );
     journal_send(priority, &event.message, fields).map_err(|_| ())
 }
 
