@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::output::Tail;
@@ -24,6 +25,8 @@ pub struct App {
     pub live: Mutex<HashMap<i64, LiveRun>>,
     /// The reconciler loop's last turn, for the watchdog.
     pub heartbeat: Heartbeat,
+    /// Cancelled when the daemon begins to stop.
+    pub shutdown: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -40,6 +43,7 @@ impl App {
             wake: Notify::new(),
             live: Mutex::new(HashMap::new()),
             heartbeat: Heartbeat::new(),
+            shutdown: CancellationToken::new(),
         })
     }
 

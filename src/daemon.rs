@@ -110,7 +110,7 @@ pub async fn serve(
     warn_about_commands(&settings);
     let app = App::new(store, settings);
 
-    let shutdown = CancellationToken::new();
+    let shutdown = app.shutdown.clone();
     let signals = tokio::spawn(handle_signals(app.clone(), loader, shutdown.clone()));
     let api = tokio::spawn(api::serve(app.clone(), listeners, shutdown.clone()));
     let reconciler = tokio::spawn(Reconciler::new(app.clone(), Mode::Daemon).run(shutdown.clone()));
@@ -153,7 +153,7 @@ pub async fn reconcile_once(settings: Settings) -> Result<PassReport, Fatal> {
     let _lock = lock_database(&settings.database)?;
     let store = open_store(&settings)?;
     let app = App::new(store, settings);
-    let shutdown = CancellationToken::new();
+    let shutdown = app.shutdown.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         if let Ok(mut signals) = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]) {

@@ -354,3 +354,57 @@ fn a_store_that_cannot_be_read_makes_health_503() {
         "{detail}"
     );
 }
+
+#[test]
+fn websocket_pushes_task_updates_until_completed() {
+    use tokio_tungstenite::tungstenite::{client::client, Message};
+    let env = Env::new();
+    env.mode("create", "slow:1");
+    let _d = env.start(&[]);
+    assert_eq!(
+        env.post("/api/clusters", r#"{"name":"live","provider":"k3d"}"#)
+            .status,
+        202
+    );
+
+    let stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    stream.set_read_timeout(Some(10 * SEC)).unwrap();
+    let (mut ws, resp) =
+        client(format!("ws://127.0.0.1:{}/ws/tasks", env.port), stream).expect("handshake");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text(r#"{"type":"ping"}"#)).unwrap();
+    let pong: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(pong["type"], "pong");
+
+    ws.send(Message::text(
+        r#"{"type":"subscribe","task_id":"reconcile-live"}"#,
+    ))
+    .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let msg: Value =
+            serde_json::from_str(ws.read().expect("an update").to_text().unwrap()).unwrap();
+        assert_eq!(msg["type"], "task_update", "{msg}");
+        assert_eq!(msg["task"]["task_id"], "reconcile-live");
+        let status = msg["task"]["status"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status == "completed" {
+            assert_eq!(msg["task"]["progress"], 100);
+            break;
+        }
+    }
+    assert!(seen.contains(&"running".to_owned()), "{seen:?}");
+    assert_eq!(seen.last().unwrap(), "completed");
+    ws.send(Message::text(
+        r#"{"type":"unsubscribe","task_id":"reconcile-live"}"#,
+    ))
+    .unwrap();
+    ws.send(Message::text("not json")).unwrap();
+    let err: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(err["type"], "error");
+
+    // A plain GET is told to upgrade.
+    assert_eq!(env.get("/ws/tasks").status, 426);
+}

@@ -8,6 +8,7 @@ mod response;
 mod routes;
 mod tasks;
 mod views;
+mod ws;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -111,7 +112,8 @@ where
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(io), service);
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}

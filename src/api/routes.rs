@@ -75,10 +75,10 @@ async fn route(app: AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
             only(&method, &Method::GET, "GET")?;
             task(&app, decode(id)).await
         }
-        ["ws", "tasks"] => Err(ApiError::NotFound(
-            "live task updates over WebSocket are not available; poll GET /api/tasks/{task_id}"
-                .into(),
-        )),
+        ["ws", "tasks"] => {
+            only(&method, &Method::GET, "GET")?;
+            Ok(super::ws::upgrade(app, req))
+        }
         _ => Err(ApiError::NotFound("Not Found".into())),
     }
 }

@@ -1,0 +1,659 @@
+#!/usr/bin/env bash
+# System test of the kindler Debian package: its whole life cycle inside a real systemd,
+# booted in a systemd-nspawn container of a debootstrapped Debian bookworm.
+#
+#   sudo tests/system/run.sh [path/to/kindler_VERSION_ARCH.deb]
+#
+# Without an argument the package is built with packaging/deb/build.sh (cargo build
+# --release included). A second package with a higher version is always built from the
+# same binary (build.sh --binary ... --version ...) for the upgrade check.
+#
+# Needs root and: systemd-nspawn (systemd-container), debootstrap, nsenter (util-linux),
+# curl, python3, dpkg-deb. The container's root is debootstrapped once (~1 min) and cached
+# in $KINDLER_SYSTEST_CACHE (default /var/cache/kindler-systest); the container boots it
+# with --volatile=overlay, so the cache stays clean. Environment:
+#   KINDLER_SYSTEST_CACHE   cache directory of the root
+#   KINDLER_SYSTEST_MIRROR  Debian mirror for debootstrap (default: the one apt uses)
+#   KINDLER_SYSTEST_REBUILD=1  debootstrap again even when the cache is valid
+#   KINDLER_SYSTEST_KEEP=1  leave the container running at the end (for debugging;
+#                           stop it with: nsenter -t PID -a systemctl poweroff)
+#
+# Checks (each printed as PASS or FAIL; the exit status is 1 if any failed):
+#   1. apt-get install ./kindler_*.deb; sockets active; the API answers over the activated
+#      TCP socket (health, config, clusters) and over /run/kindler/api.sock
+#   2. a cluster declared over the API reaches "running" with stand-in scripts; the journal
+#      holds its reconcile events (MESSAGE_ID, KINDLER_CLUSTER/ACTION/RUN_ID)
+#   3. systemctl start kindler-reconciler (the alias) works
+#   4. systemctl stop kindler during a slow create: quick stop, no script process left,
+#      the run is recorded as interrupted, and redone after the next start
+#   5. a daemon frozen with SIGSTOP is killed by the watchdog and restarted; a request
+#      sent meanwhile is answered
+#   6. upgrade to a higher version under client load: no refused connection, no lost cluster
+#   7. apt-get remove keeps data, configuration and user; purge removes them
+#   8. systemd-analyze security; package size, install time, stop time
+# Results are written to target/system-test/ (summary.txt, security.txt, journal.txt).
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+work="$repo/target/system-test"
+cache=${KINDLER_SYSTEST_CACHE:-/var/cache/kindler-systest}
+suite=bookworm
+machine="kindler-systest-$$"
+cmount=/kindler-test          # where the staging directory appears in the container
+t_start=$SECONDS
+
+# --- output and bookkeeping ----------------------------------------------------------------
+if [ -t 1 ]; then G=$'\e[32m' R=$'\e[31m' B=$'\e[1m' N=$'\e[0m'; else G="" R="" B="" N=""; fi
+passes=0
+failures=0
+failed_checks=()
+declare -A metric=()
+log() { printf '%s\n' "$*"; }
+step() { printf '\n%s== %s ==%s\n' "$B" "$*" "$N"; }
+pass() { passes=$((passes + 1)); printf '%sPASS%s %s\n' "$G" "$N" "$*"; }
+fail() { failures=$((failures + 1)); failed_checks+=("$*"); printf '%sFAIL%s %s\n' "$R" "$N" "$*"; }
+# check DESCRIPTION COMMAND...: PASS if the command succeeds.
+check() { local what=$1; shift; if "$@" >/dev/null; then pass "$what"; else fail "$what"; fi; }
+die() { printf '%sERROR%s %s\n' "$R" "$N" "$*" >&2; exit 2; }
+
+[ "$(id -u)" = 0 ] || die "run me as root: sudo $0 $*"
+for tool in systemd-nspawn nsenter debootstrap curl python3 dpkg-deb dpkg flock; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (apt-get install -y --no-install-recommends systemd-container debootstrap curl python3)"
+done
+
+mkdir -p "$work"
+stage="$work/stage"
+rm -rf "$stage"
+mkdir -p "$stage/debs" "$stage/standin"
+chmod 0755 "$work" "$stage" "$stage/debs" "$stage/standin"
+
+# --- the packages ----------------------------------------------------------------------------
+step "packages"
+if [ $# -ge 1 ]; then
+    deb=$(readlink -f "$1")
+    [ -f "$deb" ] || die "no such package: $1"
+else
+    log "building the package with packaging/deb/build.sh"
+    deb=$("$repo/packaging/deb/build.sh" | tail -n1) || die "packaging/deb/build.sh failed"
+fi
+version=$(dpkg-deb -f "$deb" Version)
+arch=$(dpkg-deb -f "$deb" Architecture)
+[ "$(dpkg-deb -f "$deb" Package)" = kindler ] || die "$deb is not a kindler package"
+new_version="${version}+systest1"
+dpkg --compare-versions "$new_version" gt "$version" || die "cannot make a version above $version"
+
+# The upgrade package: the same binary, a higher version.
+extract=$(mktemp -d)
+dpkg-deb -x "$deb" "$extract"
+new_deb=$("$repo/packaging/deb/build.sh" --no-lintian --binary "$extract/usr/bin/kindler" \
+    --version "$new_version" --out "$work/debs-new" 2>"$work/build-new.log" | tail -n1) \
+    || { cat "$work/build-new.log" >&2; die "building the upgrade package failed"; }
+rm -rf "$extract"
+cp "$deb" "$new_deb" "$stage/debs/"
+deb_name=$(basename "$deb")
+new_deb_name=$(basename "$new_deb")
+chmod 0644 "$stage/debs/"*
+metric[package_size]=$(stat -c %s "$deb")
+log "package:         $deb ($version, $arch, ${metric[package_size]} bytes)"
+log "upgrade package: $new_deb ($new_version)"
+
+install -m 0755 "$here/standin/create-cluster" "$here/standin/probe-cluster" \
+    "$here/standin/noop-cluster" "$stage/standin/"
+
+# --- the container's root (cached) ---------------------------------------------------------
+mirror=${KINDLER_SYSTEST_MIRROR:-}
+if [ -z "$mirror" ]; then
+    # The mirror apt already uses (deb822 sources first, then sources.list).
+    mirror=$(awk 'tolower($1) == "uris:" { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null)
+    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1)
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+fi
+include=systemd,systemd-sysv,dbus,procps
+root="$cache/$suite-root"
+stamp="$cache/$suite-root.stamp"
+stamp_want="kindler-systest root v1: suite=$suite variant=minbase include=$include mirror=$mirror"
+
+root_ok() {
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ] || return 1
+    local f
+    for f in usr/lib/systemd/systemd usr/bin/apt-get usr/bin/dpkg usr/bin/deb-systemd-helper \
+        usr/bin/pgrep usr/bin/dbus-daemon usr/bin/systemd-sysusers usr/sbin/userdel; do
+        [ -x "$root/$f" ] || return 1
+    done
+    # dpkg --audit prints the packages that are not fully installed.
+    local audit
+    audit=$(chroot "$root" /usr/bin/dpkg --audit 2>&1) && [ -z "$audit" ]
+}
+
+step "container root"
+mkdir -p "$cache"
+exec 9>"$cache/lock"
+flock 9
+if [ "${KINDLER_SYSTEST_REBUILD:-0}" != 1 ] && root_ok; then
+    log "using the cached root $root"
+else
+    log "debootstrap --variant=minbase --include=$include $suite $root.new $mirror"
+    t0=$SECONDS
+    rm -rf "$root.new" "$stamp"
+    if ! debootstrap --variant=minbase --include="$include" "$suite" "$root.new" "$mirror" \
+        >"$work/debootstrap.log" 2>&1; then
+        tail -n 20 "$work/debootstrap.log" >&2
+        die "debootstrap failed (log: $work/debootstrap.log)"
+    fi
+    # No package lists: apt in the container resolves from what is installed only (no
+    # network use; the package's Recommends, docker, are then simply not available).
+    rm -rf "$root.new"/var/lib/apt/lists/* "$root.new"/var/cache/apt/archives/*.deb "$root.new"/var/cache/apt/*.bin
+    mkdir -p "$root.new/var/lib/apt/lists/partial"
+    echo "kindler-systest" >"$root.new/etc/hostname"
+    rm -rf "$root"
+    mv "$root.new" "$root"
+    echo "$stamp_want" >"$stamp"
+    root_ok || die "the new root at $root does not pass its own checks"
+    log "root ready in $((SECONDS - t0)) s"
+fi
+flock -u 9
+
+# --- booting it --------------------------------------------------------------------------------
+nspawn_pid=""
+cpid=""
+loop_pid=""
+cleanup() {
+    local rc=$?
+    [ -n "$loop_pid" ] && kill "$loop_pid" 2>/dev/null && wait "$loop_pid" 2>/dev/null
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        if [ "${KINDLER_SYSTEST_KEEP:-0}" = 1 ]; then
+            log "container left running: nsenter -t $cpid -a bash   (nspawn pid $nspawn_pid)"
+            return "$rc"
+        fi
+        [ -n "$cpid" ] && nsenter -t "$cpid" -a systemctl poweroff >/dev/null 2>&1
+        for _ in $(seq 150); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$nspawn_pid" 2>/dev/null; then
+            kill -TERM "$nspawn_pid" 2>/dev/null
+            for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$nspawn_pid" 2>/dev/null
+        fi
+        wait "$nspawn_pid" 2>/dev/null
+    fi
+    return "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The TCP port of kindler.socket: 8765 as packaged, unless the host already uses it (the
+# container shares the host's network, so its 127.0.0.1:8765 is the host's).
+port_in_use() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(0)
+sys.exit(1)
+EOF
+}
+port=8765
+if port_in_use "$port"; then
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    log "127.0.0.1:8765 is in use on this host; the test moves kindler.socket to port $port with a drop-in"
+fi
+base="http://127.0.0.1:$port"
+
+# Drop-ins the test installs in the container.
+mkdir -p "$stage/dropins"
+cat >"$stage/dropins/50-test-port.conf" <<EOF
+# kindler system test: 127.0.0.1:8765 is taken on the host, so the socket moves.
+[Socket]
+ListenStream=
+ListenStream=127.0.0.1:$port
+EOF
+cat >"$stage/dropins/50-test.conf" <<EOF
+# kindler system test: stand-in scripts instead of k3d/kind, short grace and backoff.
+[Service]
+Environment=KINDLER_CREATE_COMMAND=$cmount/standin/create-cluster
+Environment=KINDLER_DELETE_COMMAND=$cmount/standin/noop-cluster
+Environment=KINDLER_START_COMMAND=$cmount/standin/noop-cluster
+Environment=KINDLER_STOP_COMMAND=$cmount/standin/noop-cluster
+Environment=KINDLER_PROBE_COMMAND=$cmount/standin/probe-cluster
+Environment=KINDLER_KILL_GRACE=3s
+Environment=KINDLER_BACKOFF_INITIAL=1s
+EOF
+cat >"$stage/dropins/60-watchdog.conf" <<'EOF'
+# kindler system test: a short watchdog for the SIGSTOP check.
+[Service]
+WatchdogSec=3s
+EOF
+chmod -R a+rX "$stage"
+
+step "booting $suite in systemd-nspawn"
+systemd-nspawn -q -D "$root" -M "$machine" --boot --register=no --keep-unit \
+    --console=read-only --volatile=overlay --bind-ro="$stage:$cmount" \
+    >"$work/console.log" 2>&1 &
+nspawn_pid=$!
+for _ in $(seq 200); do
+    for p in $(ps -o pid= --ppid "$nspawn_pid" 2>/dev/null); do
+        if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = systemd ]; then cpid=$p; break 2; fi
+    done
+    kill -0 "$nspawn_pid" 2>/dev/null || break
+    sleep 0.05
+done
+[ -n "$cpid" ] || { tail -n 20 "$work/console.log" >&2; die "the container did not start (console: $work/console.log)"; }
+
+# C CMD...: run a command in the container (all its namespaces, a clean environment).
+C() { nsenter -t "$cpid" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 TERM=dumb "$@"; }
+
+t0=$SECONDS
+state=""
+while [ $((SECONDS - t0)) -lt 60 ]; do
+    state=$(C systemctl is-system-running --wait 2>/dev/null)
+    case "$state" in running|degraded) break ;; esac
+    sleep 0.2
+done
+case "$state" in
+    running|degraded) log "container $machine booted ($state), systemd pid $cpid, nspawn pid $nspawn_pid" ;;
+    *) die "the container did not finish booting (state '$state')" ;;
+esac
+[ "$state" = degraded ] && C systemctl --failed --no-pager --plain
+
+# --- helpers --------------------------------------------------------------------------------------
+# api METHOD PATH [JSON]: sets CODE (000: no answer) and BODY.
+api() {
+    local out data=()
+    [ $# -ge 3 ] && data=(-H 'Content-Type: application/json' --data "$3")
+    out=$(curl -sS -m 10 -X "$1" "${data[@]}" -w '\n%{http_code}' "$base$2" 2>/dev/null) \
+        || { CODE=000; BODY=""; return 1; }
+    CODE=${out##*$'\n'}
+    BODY=${out%$'\n'*}
+}
+# jget EXPR: evaluates a Python expression on the JSON in stdin (as d).
+jget() { python3 -c 'import json, sys; d = json.load(sys.stdin); v = eval(sys.argv[1]); print("" if v is None else v)' "$1" 2>/dev/null; }
+# cluster_field NAME FIELD
+cluster_field() { api GET "/api/clusters/$1" && [ "$CODE" = 200 ] && printf '%s' "$BODY" | jget "d.get('$2')"; }
+# wait_for SECONDS COMMAND...: retries the command until it succeeds.
+wait_for() {
+    local limit=$1 t0=$SECONDS; shift
+    until "$@"; do
+        [ $((SECONDS - t0)) -ge "$limit" ] && return 1
+        sleep 0.25
+    done
+}
+state_is() { [ "$(cluster_field "$1" actual_state)" = "$2" ]; }
+unit_prop() { C systemctl show -p "$2" --value "$1"; }
+main_pid() { unit_prop kindler.service MainPID; }
+# Processes of the container whose command line or environment show they belong to a
+# script run by kindler (KINDLER_PROCESS_TAG) or to the stand-ins.
+script_procs() {
+    python3 - "$cpid" <<'EOF'
+import os, sys
+cpid = sys.argv[1]
+ns = os.readlink(f"/proc/{cpid}/ns/pid")
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if os.readlink(f"/proc/{pid}/ns/pid") != ns:
+            continue
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+        env = open(f"/proc/{pid}/environ", "rb").read()
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if stat[0] == "Z":
+        continue
+    if b"KINDLER_PROCESS_TAG=" in env or "standin" in cmd:
+        print(f"{pid} {cmd}")
+EOF
+}
+db_copy() { # db_copy DIR: a consistent copy of kindler's database, to read without disturbing it
+    local dir=$1 f
+    mkdir -p "$dir"
+    for f in kindler.db kindler.db-wal kindler.db-shm; do
+        [ -e "/proc/$cpid/root/var/lib/kindler/$f" ] && cp "/proc/$cpid/root/var/lib/kindler/$f" "$dir/"
+    done
+    [ -f "$dir/kindler.db" ]
+}
+db_query() { # db_query DBFILE SQL: rows as tab-separated lines
+    python3 - "$1" "$2" <<'EOF'
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+for row in con.execute(sys.argv[2]):
+    print("\t".join("" if v is None else str(v) for v in row))
+EOF
+}
+
+# =================================================================================================
+step "1. install"
+if [ "$port" != 8765 ]; then
+    C mkdir -p /etc/systemd/system/kindler.socket.d
+    C cp "$cmount/dropins/50-test-port.conf" /etc/systemd/system/kindler.socket.d/
+fi
+t0=$(date +%s.%N)
+C apt-get install -y "$cmount/debs/$deb_name" >"$work/install.log" 2>&1
+rc=$?
+t1=$(date +%s.%N)
+metric[install_seconds]=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
+if [ $rc = 0 ]; then
+    pass "apt-get install ./$deb_name succeeded (${metric[install_seconds]} s)"
+else
+    fail "apt-get install ./$deb_name failed (exit $rc); log: $work/install.log"
+    tail -n 30 "$work/install.log"
+    die "cannot go on without the package installed"
+fi
+check "dpkg lists kindler $version as installed" \
+    test "$(C dpkg-query -W -f '${Status} ${Version}' kindler)" = "install ok installed $version"
+check "kindler.socket is active" test "$(C systemctl is-active kindler.socket)" = active
+check "kindler-api.socket is active" test "$(C systemctl is-active kindler-api.socket)" = active
+check "kindler.service is enabled and active" \
+    test "$(C systemctl is-enabled kindler.service) $(C systemctl is-active kindler.service)" = "enabled active"
+check "the alias kindler-reconciler.service links to kindler.service" \
+    test "$(C readlink /etc/systemd/system/kindler-reconciler.service)" = /lib/systemd/system/kindler.service
+check "system user kindler exists with home /var/lib/kindler" \
+    test "$(C getent passwd kindler | cut -d: -f6)" = /var/lib/kindler
+check "/var/lib/kindler is kindler:kindler 750" \
+    test "$(C stat -c '%U:%G %a' /var/lib/kindler)" = "kindler:kindler 750"
+conffile_listed() { C dpkg-query -W -f '${Conffiles}\n' kindler | grep -q '^ */etc/kindler/kindler.toml '; }
+check "/etc/kindler/kindler.toml is a conffile" conffile_listed
+# --man=no: the container has no manual pages for Documentation=man:systemd.service(5).
+check "the unit files pass systemd-analyze verify" \
+    C systemd-analyze verify --man=no /lib/systemd/system/kindler.service /lib/systemd/system/kindler.socket /lib/systemd/system/kindler-api.socket
+
+api GET /api/health
+check "GET /api/health answers 200 healthy on $base" \
+    test "$CODE $(printf '%s' "$BODY" | jget 'd["status"]')" = "200 healthy"
+api GET /api/config
+check "GET /api/config answers 200 with the WebUI's settings" \
+    test "$CODE $(printf '%s' "$BODY" | jget '"providers" in d and "base_domain" in d')" = "200 True"
+api GET /api/clusters
+check "GET /api/clusters answers 200 with a list" \
+    test "$CODE $(printf '%s' "$BODY" | jget 'isinstance(d, list)')" = "200 True"
+# The listening socket is systemd's (socket activation), shared with kindler.
+if command -v ss >/dev/null 2>&1; then
+    holders=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:.*')
+    held_by_both() { [[ $holders == *'"systemd"'* && $holders == *'"kindler"'* ]]; }
+    check "127.0.0.1:$port is held by systemd (socket activation) and kindler: $holders" held_by_both
+fi
+triggered_by_sockets() { [[ $(unit_prop kindler.service TriggeredBy) == *kindler.socket* ]]; }
+check "kindler.service is triggered by its sockets (TriggeredBy=$(unit_prop kindler.service TriggeredBy))" triggered_by_sockets
+sock="/proc/$cpid/root/run/kindler/api.sock"
+code=$(curl -sS -m 10 -o "$work/unix-health.json" -w '%{http_code}' --unix-socket "$sock" http://localhost/api/health 2>/dev/null)
+check "GET /api/health answers 200 on the unix socket /run/kindler/api.sock" \
+    test "$code $(jget 'd["status"]' <"$work/unix-health.json")" = "200 healthy"
+check "/run/kindler/api.sock is kindler:kindler 660" \
+    test "$(C stat -c '%U:%G %a' /run/kindler/api.sock)" = "kindler:kindler 660"
+
+# 8 (while installed and untouched by drop-ins). ------------------------------------------------
+C systemd-analyze security --no-pager kindler.service >"$work/security.txt" 2>&1
+rc=$?
+metric[exposure]=$(grep -a 'Overall exposure level' "$work/security.txt" | sed 's/.*: //')
+if [ -n "${metric[exposure]}" ]; then
+    pass "systemd-analyze security kindler.service runs: overall exposure ${metric[exposure]} (saved to $work/security.txt)"
+else
+    fail "systemd-analyze security kindler.service gave no overall exposure (exit $rc)"
+fi
+
+# =================================================================================================
+step "2. a cluster through the API, with stand-in scripts"
+C mkdir -p /etc/systemd/system/kindler.service.d
+C cp "$cmount/dropins/50-test.conf" /etc/systemd/system/kindler.service.d/
+C systemctl daemon-reload
+check "kindler restarts with the test drop-in (stand-in commands)" C systemctl restart kindler.service
+api POST /api/clusters '{"name":"dev","provider":"k3d"}'
+check "POST /api/clusters {dev, k3d} answers 202" test "$CODE" = 202
+if wait_for 30 state_is dev running; then
+    pass "cluster dev reached actual_state running"
+else
+    fail "cluster dev did not reach running (actual_state '$(cluster_field dev actual_state)', reconcile_error '$(cluster_field dev reconcile_error)')"
+fi
+C journalctl -u kindler.service -o json --no-pager >"$work/journal-dev.json" 2>/dev/null
+journal_check() { # journal_check CLUSTER MESSAGE_ID ACTION
+    python3 - "$work/journal-dev.json" "$@" <<'EOF'
+import json, sys
+path, cluster, mid, action = sys.argv[1:]
+for line in open(path):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if e.get("MESSAGE_ID") == mid and e.get("KINDLER_CLUSTER") == cluster \
+            and e.get("KINDLER_ACTION") == action and e.get("KINDLER_RUN_ID"):
+        print(e["KINDLER_RUN_ID"])
+        sys.exit(0)
+sys.exit(1)
+EOF
+}
+if run_started=$(journal_check dev 5c56fab6401c4283810770711566ceaa create); then
+    pass "journal: 'started' event (MESSAGE_ID 5c56fab6...) for dev, KINDLER_ACTION=create, KINDLER_RUN_ID=$run_started"
+else
+    fail "journal: no 'started' event (MESSAGE_ID 5c56fab6401c4283810770711566ceaa) with KINDLER_CLUSTER=dev, KINDLER_ACTION=create, KINDLER_RUN_ID"
+fi
+if run_ok=$(journal_check dev 3f2b684baf7645c7ae2f851840eb3cc7 create); then
+    pass "journal: 'succeeded' event (MESSAGE_ID 3f2b684b...) for dev, KINDLER_ACTION=create, KINDLER_RUN_ID=$run_ok"
+else
+    fail "journal: no 'succeeded' event (MESSAGE_ID 3f2b684baf7645c7ae2f851840eb3cc7) with KINDLER_CLUSTER=dev, KINDLER_ACTION=create, KINDLER_RUN_ID"
+fi
+check "journal: the started and succeeded events carry the same KINDLER_RUN_ID" \
+    test -n "${run_started:-}" -a "${run_started:-x}" = "${run_ok:-y}"
+check "journal: the stand-in's output lines are logged under that run id" \
+    python3 -c '
+import json, sys
+run = sys.argv[2]
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e.get("KINDLER_RUN_ID") == run and "standin-create: cluster dev created" in str(e.get("MESSAGE")):
+        sys.exit(0)
+sys.exit(1)' "$work/journal-dev.json" "${run_ok:-none}"
+check "no process of the create run is left (its background child was ended)" \
+    test -z "$(script_procs)"
+
+# =================================================================================================
+step "3. the alias kindler-reconciler"
+# (systemctl warns that the sockets can still activate kindler: they are meant to.)
+C systemctl stop kindler.service 2>/dev/null
+pid_before=$(main_pid)
+check "systemctl start kindler-reconciler succeeds" C systemctl start kindler-reconciler
+check "kindler-reconciler (kindler.service) is active afterwards" \
+    test "$(C systemctl is-active kindler-reconciler) $(C systemctl is-active kindler.service)" = "active active"
+check "kindler.service runs under a new MainPID ($pid_before -> $(main_pid))" \
+    test "$(main_pid)" != 0 -a "$(main_pid)" != "$pid_before"
+
+# =================================================================================================
+step "4. systemctl stop kindler during a slow create"
+api POST /api/clusters '{"name":"slow1","provider":"kind"}'
+check "POST /api/clusters {slow1, kind} answers 202" test "$CODE" = 202
+slow_running() { [[ $(script_procs) == *'standin/create-cluster -n slow1'* ]]; }
+if wait_for 20 slow_running; then
+    pass "the slow create of slow1 is running: $(script_procs | wc -l) processes ($(script_procs | awk '{print $1}' | tr '\n' ' '))"
+else
+    fail "the slow create of slow1 did not start"
+fi
+sleep 1
+t0=$(date +%s.%N)
+C systemctl stop kindler.service 2>/dev/null
+rc=$?
+t1=$(date +%s.%N)
+metric[stop_seconds]=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
+grace=3
+check "systemctl stop kindler returns success in ${metric[stop_seconds]} s (kill_grace ${grace} s + 5 s allowed; TimeoutStopSec 30 s)" \
+    python3 -c "import sys; sys.exit(not ($rc == 0 and $t1 - $t0 < $grace + 5))"
+check "kindler.service is inactive after the stop" test "$(C systemctl is-active kindler.service)" = inactive
+check "kindler.service stopped cleanly (Result=success, not timeout/kill)" \
+    test "$(unit_prop kindler.service Result)" = success
+left=$(script_procs)
+check "no process of the script is left in the container${left:+: $left}" test -z "$left"
+rm -rf "$work/db"
+if db_copy "$work/db"; then
+    row=$(db_query "$work/db/kindler.db" "SELECT actual_state, reconcile_error FROM clusters WHERE name = 'slow1'")
+    run=$(db_query "$work/db/kindler.db" "SELECT action, outcome, error FROM reconcile_runs WHERE cluster_name = 'slow1' ORDER BY id DESC LIMIT 1")
+    log "  clusters row:     $row"
+    log "  last run of slow1: $run"
+    row_interrupted() { [[ $row == creating$'\t'*interrupted* ]]; }
+    run_interrupted() { [[ $run == create$'\t'interrupted$'\t'* ]]; }
+    check "the cluster row keeps actual_state creating and reconcile_error says interrupted" row_interrupted
+    check "the run is recorded with outcome interrupted" run_interrupted
+else
+    fail "cannot read /var/lib/kindler/kindler.db in the container"
+fi
+C journalctl -u kindler.service -o json --no-pager >"$work/journal-dev.json" 2>/dev/null
+check "journal: an 'interrupted' event (MESSAGE_ID 18c5f41d...) for slow1" \
+    journal_check slow1 18c5f41dc900478aa1ed5a51375cab91 create
+check "systemctl start kindler succeeds" C systemctl start kindler.service
+if wait_for 30 state_is slow1 running; then
+    pass "after the start, the create of slow1 is redone and slow1 is running"
+else
+    fail "slow1 did not reach running after the start (actual_state '$(cluster_field slow1 actual_state)', reconcile_error '$(cluster_field slow1 reconcile_error)')"
+fi
+
+# =================================================================================================
+step "5. the watchdog"
+C cp "$cmount/dropins/60-watchdog.conf" /etc/systemd/system/kindler.service.d/
+C systemctl daemon-reload
+C systemctl restart kindler.service
+wd=$(unit_prop kindler.service WatchdogUSec)
+check "kindler.service runs with WatchdogSec=3s (WatchdogUSec=$wd)" test "$wd" = 3s
+sleep 1
+pid_before=$(main_pid)
+restarts_before=$(unit_prop kindler.service NRestarts)
+sock_since=$(unit_prop kindler.socket ActiveEnterTimestampMonotonic)
+C kill -STOP "$pid_before"
+log "  froze kindler (MainPID $pid_before in the container) with SIGSTOP"
+sleep 0.5
+t0=$(date +%s.%N)
+code=$(curl -sS -m 60 -o "$work/frozen-request.json" -w '%{http_code}' "$base/api/clusters" 2>"$work/frozen-request.err")
+rc=$?
+t1=$(date +%s.%N)
+waited=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
+check "a request sent while kindler was frozen is answered (HTTP $code after $waited s, curl exit $rc)" \
+    test "$rc $code" = "0 200"
+wait_for 10 test "$(C systemctl is-active kindler.service)" = active
+pid_after=$(main_pid)
+restarts_after=$(unit_prop kindler.service NRestarts)
+check "the watchdog killed the frozen daemon and systemd restarted it (MainPID $pid_before -> $pid_after)" \
+    test "$pid_after" != 0 -a "$pid_after" != "$pid_before"
+check "NRestarts increased ($restarts_before -> $restarts_after)" test "$restarts_after" -gt "$restarts_before"
+watchdog_logged() { C journalctl -u kindler.service --no-pager | grep -q 'Watchdog timeout'; }
+check "the journal shows the watchdog timeout" watchdog_logged
+check "kindler.socket was not restarted meanwhile" \
+    test "$(unit_prop kindler.socket ActiveEnterTimestampMonotonic)" = "$sock_since"
+metric[watchdog_answer_seconds]=$waited
+C rm /etc/systemd/system/kindler.service.d/60-watchdog.conf
+C systemctl daemon-reload
+C systemctl restart kindler.service
+
+# =================================================================================================
+step "6. upgrade under load"
+for n in up1 up2 up3 up4 up5; do
+    api POST /api/clusters "{\"name\":\"$n\",\"provider\":\"k3d\"}"
+    [ "$CODE" = 202 ] || fail "POST /api/clusters {$n} answered $CODE"
+done
+all_running() {
+    api GET /api/clusters && [ "$(printf '%s' "$BODY" | jget 'sorted(c["name"] for c in d if c["actual_state"] == "running")')" \
+        = "['dev', 'slow1', 'up1', 'up2', 'up3', 'up4', 'up5']" ]
+}
+check "7 clusters declared and running before the upgrade" wait_for 30 all_running
+names_before=$(printf '%s' "$BODY" | jget 'sorted(c["name"] for c in d)')
+pid_before=$(main_pid)
+sock_since=$(unit_prop kindler.socket ActiveEnterTimestampMonotonic)
+api_sock_since=$(unit_prop kindler-api.socket ActiveEnterTimestampMonotonic)
+# The client: GET /api/clusters in a tight loop until told to stop.
+rm -f "$work/load.stop"
+: >"$work/load.err"
+(
+    total=0 failed=0 refused=0
+    while [ ! -e "$work/load.stop" ]; do
+        total=$((total + 1))
+        code=$(curl -sS -m 20 -o /dev/null -w '%{http_code}' "$base/api/clusters" 2>>"$work/load.err")
+        rc=$?
+        if [ $rc != 0 ] || [ "$code" != 200 ]; then
+            failed=$((failed + 1))
+            [ $rc = 7 ] && refused=$((refused + 1))
+            echo "request $total: curl exit $rc, HTTP $code" >>"$work/load.err"
+        fi
+    done
+    echo "$total $failed $refused" >"$work/load.result"
+) &
+loop_pid=$!
+sleep 1
+t0=$(date +%s.%N)
+C apt-get install -y "$cmount/debs/$new_deb_name" >"$work/upgrade.log" 2>&1
+rc=$?
+t1=$(date +%s.%N)
+sleep 1
+touch "$work/load.stop"
+wait "$loop_pid"
+loop_pid=""
+read -r total failed refused <"$work/load.result"
+metric[upgrade_seconds]=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
+metric[upgrade_requests]=$total
+check "apt-get install ./$new_deb_name (upgrade $version -> $new_version) succeeded in ${metric[upgrade_seconds]} s" test "$rc" = 0
+check "dpkg lists kindler $new_version" \
+    test "$(C dpkg-query -W -f '${Version}' kindler)" = "$new_version"
+check "kindler.service was restarted by the upgrade (MainPID $pid_before -> $(main_pid))" \
+    test "$(main_pid)" != 0 -a "$(main_pid)" != "$pid_before"
+check "kindler.socket and kindler-api.socket were not restarted" \
+    test "$(unit_prop kindler.socket ActiveEnterTimestampMonotonic) $(unit_prop kindler-api.socket ActiveEnterTimestampMonotonic)" = "$sock_since $api_sock_since"
+check "client loop: $total requests during the upgrade, $failed failed, $refused refused" \
+    test "$total" -gt 0 -a "$failed" = 0 -a "$refused" = 0
+[ "$failed" = 0 ] || head -n 5 "$work/load.err"
+api GET /api/clusters
+names_after=$(printf '%s' "$BODY" | jget 'sorted(c["name"] for c in d)')
+check "no cluster lost: $names_after" test "$CODE $names_after" = "200 $names_before"
+api GET /api/health
+check "the upgraded daemon answers GET /api/health" test "$CODE" = 200
+
+C journalctl -o short-iso --no-pager >"$work/journal.txt" 2>&1
+
+# =================================================================================================
+step "7. remove, then purge"
+C apt-get remove -y kindler >"$work/remove.log" 2>&1
+check "apt-get remove kindler succeeded" test $? = 0
+stopped_not_enabled() { [ "$(C systemctl is-active "$1")" != active ] && [ "$(C systemctl is-enabled "$1" 2>/dev/null)" != enabled ]; }
+for u in kindler.service kindler.socket kindler-api.socket; do
+    check "$u is stopped ($(C systemctl is-active $u)) and not enabled ($(C systemctl is-enabled $u 2>&1 | head -n1))" \
+        stopped_not_enabled "$u"
+done
+check "no kindler process is left" test -z "$(C pgrep -u kindler)"
+no_answer() { ! curl -s -m 5 -o /dev/null "$base/api/health"; }
+check "nothing answers on $base any more" no_answer
+check "/var/lib/kindler/kindler.db is kept" C test -f /var/lib/kindler/kindler.db
+check "/etc/kindler/kindler.toml is kept" C test -f /etc/kindler/kindler.toml
+check "the user kindler is kept" C getent passwd kindler
+check "dpkg lists kindler as removed, configuration kept (rc)" \
+    test "$(C dpkg-query -W -f '${db:Status-Abbrev}' kindler | tr -d ' ')" = rc
+C rm -rf /etc/systemd/system/kindler.service.d /etc/systemd/system/kindler.socket.d
+C apt-get purge -y kindler >"$work/purge.log" 2>&1
+check "apt-get purge kindler succeeded" test $? = 0
+check "/var/lib/kindler is gone" C test ! -e /var/lib/kindler
+check "/etc/kindler is gone" C test ! -e /etc/kindler
+absent() { ! C "$@" >/dev/null 2>&1; }
+check "the user kindler is gone" absent getent passwd kindler
+check "the group kindler is gone" absent getent group kindler
+leftover_links=$(C find /etc/systemd/system -name '*kindler*' 2>/dev/null)
+check "no kindler unit links are left in /etc/systemd/system${leftover_links:+: $leftover_links}" test -z "$leftover_links"
+check "dpkg no longer knows kindler" absent dpkg-query -W kindler
+
+# =================================================================================================
+step "8. numbers"
+human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
+metric[package_size_human]=$(human "${metric[package_size]}")
+{
+    echo "kindler system test, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "package:                $deb_name"
+    echo "package size:           ${metric[package_size]} bytes (${metric[package_size_human]})"
+    echo "install time:           ${metric[install_seconds]} s (apt-get install in the container)"
+    echo "stop time (slow create): ${metric[stop_seconds]} s (kill_grace 3 s, TimeoutStopSec 30 s)"
+    echo "watchdog: a request sent to a frozen daemon was answered after ${metric[watchdog_answer_seconds]:-?} s"
+    echo "upgrade:                ${metric[upgrade_seconds]:-?} s, ${metric[upgrade_requests]:-?} client requests meanwhile"
+    echo "exposure (systemd-analyze security kindler.service): ${metric[exposure]:-?}"
+    echo "checks:                 $passes passed, $failures failed"
+    echo "duration:               $((SECONDS - t_start)) s"
+} | tee "$work/summary.txt"
+
+step "summary"
+if [ "$failures" = 0 ]; then
+    printf '%sALL %d CHECKS PASSED%s in %d s (results in %s)\n' "$G" "$passes" "$N" "$((SECONDS - t_start))" "$work"
+    exit 0
+fi
+printf '%s%d OF %d CHECKS FAILED%s:\n' "$R" "$failures" "$((passes + failures))" "$N"
+printf '  - %s\n' "${failed_checks[@]}"
+exit 1
