@@ -232,7 +232,8 @@ pub struct SettingArgs {
     #[arg(long, env = "KINDLER_STOP_COMMAND", default_value_t = script("stop-cluster"), value_name = "PROGRAM")]
     pub stop_command: CommandLine,
 
-    /// Command that checks a cluster answers (-n NAME -p PROVIDER --context CTX); exit 0 = healthy.
+    /// Command that checks a cluster answers (-n NAME -p PROVIDER; KINDLER_CONTEXT names the
+    /// kubectl context); exit 0 = healthy.
     #[arg(long, env = "KINDLER_PROBE_COMMAND", default_value_t = script("probe-cluster"), value_name = "PROGRAM")]
     pub probe_command: CommandLine,
 

@@ -41,6 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: serve the API and reconcile continuously.
+    #[command(after_help = SERVE_NOTES)]
     Serve {
         #[command(flatten)]
         settings: SettingArgs,
@@ -59,6 +60,17 @@ enum Command {
         settings: SettingArgs,
     },
 }
+
+const SERVE_NOTES: &str = "\
+Sockets: under systemd socket activation kindler serves the passed sockets (a TCP one named
+\"http\", a unix one named \"api\"); otherwise it binds --listen and --listen-unix.
+
+Signals: SIGTERM or SIGINT stop gracefully (running scripts are ended and redone at the next
+start; a second signal stops at once). SIGHUP reloads the configuration.
+
+Exit status: 0 after a stop, 1 on errors, 78 when the configuration cannot be used.
+
+Logs go to the journal under systemd (journalctl -u kindler), else to stderr.";
 
 fn main() {
     // A setting given twice takes the last value, as users of flags expect.

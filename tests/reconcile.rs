@@ -448,3 +448,32 @@ fn reconcile_once_makes_one_pass_and_refuses_to_race_a_daemon() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another kindler is already working on"));
 }
+
+#[test]
+fn a_second_stop_signal_stops_at_once() {
+    let env = Env::new();
+    env.mode("create", "stubborn");
+    let mut d = env.start(&["--kill-grace", "30s"]);
+    declare(&env, "hurry", "k3d");
+    eventually(10 * SEC, "the create's children", || {
+        (env.pids("create-hurry").len() >= 4).then_some(())
+    });
+    d.signal(libc::SIGTERM);
+    // The first signal waits out the grace for the stubborn script...
+    assert!(
+        d.wait_exit(Duration::from_millis(500)).is_none(),
+        "still in its grace period"
+    );
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(5 * SEC).expect("the second signal ends it");
+    assert!(t0.elapsed() < SEC, "took {:?}", t0.elapsed());
+    assert_eq!(status.code(), Some(1));
+    eventually(2 * SEC, "the script's processes to be gone", || {
+        env.alive("create-hurry").is_empty().then_some(())
+    });
+
+    env.mode("create", "ok");
+    let _d = env.start(&[]);
+    env.await_state("hurry", "running", 10 * SEC);
+}
