@@ -156,25 +156,33 @@ pub async fn run(
         }
     };
 
-    let (mut leftovers, mut killed) = (0, 0);
-    match why {
+    let (status, leftovers, killed) = match why {
         Why::Exited => {
             out.pump_for(DRAIN_AFTER_EXIT).await;
-            // Background children the script left behind are part of the action: an
-            // action leaves nothing running once it has ended.
-            leftovers = target.live().len();
-            if leftovers > 0 {
-                killed = out.pump_while(target.terminate(limits.grace)).await;
+            // Reaping first makes an empty group cheap to recognise: without its leader the
+            // group id exists only while a process still belongs to it, and while one does,
+            // the id cannot be handed to anybody else.
+            let status = reap(pid);
+            let (mut leftovers, mut killed) = (0, 0);
+            // Background children the script left behind (still in its group, or holding
+            // its output open from elsewhere) are part of the action: an action leaves
+            // nothing running once it has ended.
+            if group_exists(pid) || !out.eof {
+                leftovers = target.live().len();
+                if leftovers > 0 {
+                    killed = out.pump_while(target.terminate(limits.grace)).await;
+                }
             }
+            (status, leftovers, killed)
         }
         Why::TimedOut | Why::Cancelled => {
-            killed = out.pump_while(target.terminate(limits.grace)).await;
+            let killed = out.pump_while(target.terminate(limits.grace)).await;
             out.pump_while(exit.wait()).await;
+            (reap(pid), 0, killed)
         }
-    }
+    };
     out.pump_for(DRAIN_AFTER_EXIT).await;
     out.finish();
-    let status = reap(pid);
     let ending = match why {
         Why::Exited => Ending::Exited(status.unwrap_or(Exit::Code(-1))),
         Why::TimedOut => Ending::TimedOut(status),
@@ -224,6 +232,14 @@ fn spawn(inv: &Invocation) -> io::Result<Spawned> {
         exit: ExitWatch::new(pid),
         reader,
     })
+}
+
+/// Does any process still belong to process group `pgid`?
+fn group_exists(pgid: i32) -> bool {
+    !matches!(
+        nix::sys::signal::killpg(Pid::from_raw(pgid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 /// Reaps the group leader and reads its status.

@@ -477,3 +477,24 @@ fn a_second_stop_signal_stops_at_once() {
     let _d = env.start(&[]);
     env.await_state("hurry", "running", 10 * SEC);
 }
+
+#[test]
+fn background_processes_a_script_leaves_behind_are_ended() {
+    let env = Env::new();
+    env.mode("create", "leave");
+    let d = env.start(&[]);
+    declare(&env, "tidy", "k3d");
+    env.await_state("tidy", "running", 10 * SEC);
+    assert!(
+        env.pids("create-tidy").len() >= 5,
+        "the script started its children"
+    );
+    assert!(
+        env.alive("create-tidy").is_empty(),
+        "left running: {:?}",
+        env.alive("create-tidy")
+    );
+    eventually(5 * SEC, "the leftovers to be reported", || {
+        d.log_text().contains("leftover_processes=").then_some(())
+    });
+}
