@@ -173,7 +173,7 @@ async fn handle_signals(app: AppRef, loader: Loader, shutdown: CancellationToken
     };
     while let Some(signal) = signals.next().await {
         match signal {
-            SIGHUP => reload(&app, &loader),
+            SIGHUP => reload(&app, &loader).await,
             _ if shutdown.is_cancelled() => force_stop(&app),
             _ => {
                 let name = if signal == SIGINT {
@@ -208,7 +208,7 @@ fn force_stop(app: &AppRef) -> ! {
     std::process::exit(1)
 }
 
-fn reload(app: &AppRef, loader: &Loader) {
+async fn reload(app: &AppRef, loader: &Loader) {
     let new = match loader.load() {
         Ok(s) => s,
         Err(e) => {
@@ -243,7 +243,8 @@ fn reload(app: &AppRef, loader: &Loader) {
         .emit();
     let status = app
         .store
-        .read_blocking(clusters::summary)
+        .read(clusters::summary)
+        .await
         .map(|s| systemd::status_line(&s, std::time::SystemTime::now()))
         .unwrap_or_else(|_| "ready".into());
     systemd::ready(&status);

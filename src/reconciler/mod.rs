@@ -323,7 +323,7 @@ impl Reconciler {
     async fn poll(&mut self) {
         let settings = self.app.settings();
         self.next_poll = Instant::now() + settings.poll_interval;
-        match self.app.store.external_change() {
+        match self.app.store.external_change().await {
             Ok(true) => self.sync_changes().await,
             Ok(false) => {}
             Err(e) => log::error(&format!("cannot check the database for changes: {e}")),

@@ -150,7 +150,12 @@ impl Store {
     ///
     /// `PRAGMA data_version` changes only for commits made by *other* connections; all of
     /// kindler's own writes go through the connection asked here, so they do not count.
-    pub fn external_change(&self) -> StoreResult<bool> {
+    pub async fn external_change(&self) -> StoreResult<bool> {
+        let store = self.clone();
+        blocking(move || store.external_change_blocking()).await
+    }
+
+    fn external_change_blocking(&self) -> StoreResult<bool> {
         let conn = self.inner.writer.lock().unwrap();
         let now = data_version(&conn)?;
         let mut seen = self.inner.data_version.lock().unwrap();
