@@ -436,6 +436,15 @@ fn reconcile_events_reach_journald_as_structured_fields() {
         .as_str()
         .unwrap()
         .contains("create failed (exit status 3)"));
+    let error = failed["KINDLER_ERROR"].as_str().unwrap();
+    assert!(
+        error.starts_with("create failed (exit status 3); last output:\n"),
+        "{error}"
+    );
+    assert!(
+        error.contains("ERROR: port 6443 is already allocated"),
+        "{error}"
+    );
     // The script's own lines, tagged with the cluster and run.
     assert!(entries
         .iter()

@@ -798,6 +798,10 @@ fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
     if let Some(d) = end.desired {
         event = event.replace_field("DESIRED_STATE", d.to_string());
     }
+    if matches!(v.outcome, RunOutcome::Failed | RunOutcome::TimedOut) {
+        // The headline and the last output lines, as the cluster's reconcile_error has them.
+        event = event.field_opt("ERROR", v.error_text(&f.tail));
+    }
     if f.leftovers > 0 {
         event = event.field("LEFTOVER_PROCESSES", f.leftovers);
     }
