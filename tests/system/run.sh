@@ -32,6 +32,7 @@
 #   7. apt-get remove keeps data, configuration and user; purge removes them
 #   8. systemd-analyze security; package size, install time, stop time
 # Results are written to target/system-test/ (summary.txt, security.txt, journal.txt).
+# shellcheck disable=SC2016,SC2317  # dpkg-query formats in single quotes; helpers run via check/trap
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -104,9 +105,18 @@ install -m 0755 "$here/standin/create-cluster" "$here/standin/probe-cluster" \
 # --- the container's root (cached) ---------------------------------------------------------
 mirror=${KINDLER_SYSTEST_MIRROR:-}
 if [ -z "$mirror" ]; then
-    # The mirror apt already uses (deb822 sources first, then sources.list).
-    mirror=$(awk 'tolower($1) == "uris:" { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null)
-    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
+    # The mirror apt already uses for $suite (deb822 sources first, then sources.list);
+    # a host that is not Debian $suite gets deb.debian.org.
+    mirror=$(awk -v suite="$suite" 'BEGIN { RS = ""; FS = "\n" }
+        { uri = ""; ok = 0
+          for (i = 1; i <= NF; i++) {
+              n = split($i, w, /[ \t]+/)
+              if (tolower(w[1]) == "uris:") uri = w[2]
+              if (tolower(w[1]) == "suites:") for (j = 2; j <= n; j++) if (w[j] == suite) ok = 1
+          }
+          if (ok && uri != "") { print uri; exit } }' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
+    [ -n "$mirror" ] || mirror=$(awk -v suite="$suite" '$1 == "deb" {
+            for (i = 2; i < NF; i++) if ($i ~ /^[a-z]+:\/\// && $(i + 1) == suite) { print $i; exit } }' \
         /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1)
     [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 fi
@@ -153,7 +163,7 @@ else
     root_ok || die "the new root at $root does not pass its own checks"
     log "root ready in $((SECONDS - t0)) s"
 fi
-flock -u 9
+exec 9>&-
 
 # --- booting it --------------------------------------------------------------------------------
 nspawn_pid=""
@@ -243,7 +253,7 @@ done
 [ -n "$cpid" ] || { tail -n 20 "$work/console.log" >&2; die "the container did not start (console: $work/console.log)"; }
 
 # C CMD...: run a command in the container (all its namespaces, a clean environment).
-C() { nsenter -t "$cpid" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 TERM=dumb "$@"; }
+C() { nsenter -t "$cpid" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive "$@"; }
 
 t0=$SECONDS
 state=""
@@ -328,6 +338,8 @@ if [ "$port" != 8765 ]; then
     C mkdir -p /etc/systemd/system/kindler.socket.d
     C cp "$cmount/dropins/50-test-port.conf" /etc/systemd/system/kindler.socket.d/
 fi
+# A docker group, as docker.io would create it: the postinst adds kindler to it.
+C groupadd --system docker
 t0=$(date +%s.%N)
 C apt-get install -y "$cmount/debs/$deb_name" >"$work/install.log" 2>&1
 rc=$?
@@ -350,6 +362,8 @@ check "the alias kindler-reconciler.service links to kindler.service" \
     test "$(C readlink /etc/systemd/system/kindler-reconciler.service)" = /lib/systemd/system/kindler.service
 check "system user kindler exists with home /var/lib/kindler" \
     test "$(C getent passwd kindler | cut -d: -f6)" = /var/lib/kindler
+in_docker_group() { [[ " $(C id -nG kindler) " == *" docker "* ]]; }
+check "the postinst added kindler to the existing group docker ($(C id -nG kindler))" in_docker_group
 check "/var/lib/kindler is kindler:kindler 750" \
     test "$(C stat -c '%U:%G %a' /var/lib/kindler)" = "kindler:kindler 750"
 conffile_listed() { C dpkg-query -W -f '${Conffiles}\n' kindler | grep -q '^ */etc/kindler/kindler.toml '; }
@@ -600,6 +614,13 @@ names_after=$(printf '%s' "$BODY" | jget 'sorted(c["name"] for c in d)')
 check "no cluster lost: $names_after" test "$CODE $names_after" = "200 $names_before"
 api GET /api/health
 check "the upgraded daemon answers GET /api/health" test "$CODE" = 200
+pid_before=$(main_pid)
+C /var/lib/dpkg/info/kindler.postinst configure "$new_version" >"$work/postinst-again.log" 2>&1
+check "the postinst is idempotent: running it again (configure $new_version) succeeds" test $? = 0
+wait_for 10 test "$(C systemctl is-active kindler.service)" = active
+api GET /api/clusters
+check "after it, kindler runs (MainPID $pid_before -> $(main_pid)) and lists the same clusters" \
+    test "$CODE $(printf '%s' "$BODY" | jget 'sorted(c["name"] for c in d)')" = "200 $names_before"
 
 C journalctl -o short-iso --no-pager >"$work/journal.txt" 2>&1
 
