@@ -2,6 +2,8 @@
 //! settings, the wake-up bell, the runs in progress and the liveness heartbeat.
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -27,6 +29,8 @@ pub struct App {
     pub heartbeat: Heartbeat,
     /// Cancelled when the daemon begins to stop.
     pub shutdown: CancellationToken,
+    /// Rendered API answers, current while the store's epoch has not moved.
+    pub responses: ResponseCache,
 }
 
 #[derive(Clone)]
@@ -44,6 +48,7 @@ impl App {
             live: Mutex::new(HashMap::new()),
             heartbeat: Heartbeat::new(),
             shutdown: CancellationToken::new(),
+            responses: ResponseCache::default(),
         })
     }
 
@@ -67,6 +72,34 @@ impl App {
         live.values()
             .filter_map(|r| r.target.lock().unwrap().clone())
             .collect()
+    }
+}
+
+/// JSON bodies of read-only answers, each with the store epoch it was rendered at. The
+/// WebUI polls the same few URLs over and over; between changes they are served from here.
+#[derive(Default)]
+pub struct ResponseCache {
+    entries: Mutex<HashMap<String, (u64, Bytes)>>,
+}
+
+impl ResponseCache {
+    /// Distinct answers kept; past that the cache starts over.
+    const CAPACITY: usize = 1024;
+
+    pub fn get(&self, key: &str, epoch: u64) -> Option<Bytes> {
+        let entries = self.entries.lock().unwrap();
+        match entries.get(key) {
+            Some((at, body)) if *at == epoch => Some(body.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&self, key: String, epoch: u64, body: Bytes) {
+        let mut entries = self.entries.lock().unwrap();
+        if entries.len() >= Self::CAPACITY && !entries.contains_key(&key) {
+            entries.clear();
+        }
+        entries.insert(key, (epoch, body));
     }
 }
 

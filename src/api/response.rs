@@ -11,8 +11,17 @@ use crate::store::StoreError;
 pub type Reply = Response<Full<Bytes>>;
 
 pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    json_bytes(status, render(body))
+}
+
+/// A body rendered as JSON.
+pub fn render(body: &impl Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// A response with an already rendered JSON body.
+pub fn json_bytes(status: StatusCode, bytes: Bytes) -> Reply {
+    let mut resp = Response::new(Full::new(bytes));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

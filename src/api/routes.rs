@@ -7,7 +7,7 @@ use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, Request, StatusCode};
 
 use super::create;
-use super::response::{json, ApiError, FieldError, Reply};
+use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
 use super::tasks::{self, TaskKind};
 use super::views::{ClusterInfo, ClusterStatus, ConfigView, Health, RunView, TaskCreate};
 use crate::app::AppRef;
@@ -148,11 +148,30 @@ async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
     }
 }
 
+/// Serves a read-only answer from the response cache while the store is unchanged.
+async fn cached<F>(app: &AppRef, key: String, render_fresh: F) -> Result<Reply, ApiError>
+where
+    F: std::future::Future<Output = Result<Bytes, ApiError>>,
+{
+    // The epoch is read before the store: a change that lands meanwhile moves it again,
+    // so a stale body is never kept as current.
+    let epoch = app.store.epoch();
+    if let Some(body) = app.responses.get(&key, epoch) {
+        return Ok(json_bytes(StatusCode::OK, body));
+    }
+    let body = render_fresh.await?;
+    app.responses.put(key, epoch, body.clone());
+    Ok(json_bytes(StatusCode::OK, body))
+}
+
 async fn list(app: &AppRef) -> Result<Reply, ApiError> {
-    let rows = app.store.read(clusters::list).await?;
-    let records: Vec<ClusterRecord> = rows.into_iter().filter_map(Result::ok).collect();
-    let views: Vec<ClusterInfo> = records.iter().map(ClusterInfo::from).collect();
-    Ok(json(StatusCode::OK, &views))
+    cached(app, "list".into(), async {
+        let rows = app.store.read(clusters::list).await?;
+        let records: Vec<ClusterRecord> = rows.into_iter().filter_map(Result::ok).collect();
+        let views: Vec<ClusterInfo> = records.iter().map(ClusterInfo::from).collect();
+        Ok(render(&views))
+    })
+    .await
 }
 
 async fn find(app: &AppRef, name: ClusterName) -> Result<ClusterRecord, ApiError> {
@@ -169,8 +188,11 @@ async fn find(app: &AppRef, name: ClusterName) -> Result<ClusterRecord, ApiError
 }
 
 async fn get(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
-    let record = find(app, name).await?;
-    Ok(json(StatusCode::OK, &ClusterInfo::from(&record)))
+    cached(app, format!("cluster/{name}"), async {
+        let record = find(app, name).await?;
+        Ok(render(&ClusterInfo::from(&record)))
+    })
+    .await
 }
 
 async fn history(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {

@@ -214,8 +214,9 @@ pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
         "INSERT INTO clusters (name, provider, subnet, node_port, pf_port, http_port, https_port,
                                register_portainer, haproxy_route, register_argocd,
                                status, desired_state, actual_state, created_at, updated_at,
-                               last_transition_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11)",
+                               last_transition_at, change_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11,
+                 (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM clusters))",
     )?
     .execute(params![
         spec.name.as_str(),

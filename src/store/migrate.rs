@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "reconciler_state",
         include_str!("../../migrations/0002_reconciler_state.sql"),
     ),
+    (
+        3,
+        "leaner_writes",
+        include_str!("../../migrations/0003_leaner_writes.sql"),
+    ),
 ];
 
 /// The state columns of `clusters` that the oldest files do not have, with their types as

@@ -10,6 +10,7 @@ pub mod runs;
 pub mod time;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,9 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Last `PRAGMA data_version` seen on the writer connection (see `external_change`).
     data_version: Mutex<i64>,
+    /// Bumped after every commit kindler makes and whenever another program's commit is
+    /// noticed: anything derived from the store at one epoch is current until it moves.
+    epoch: AtomicU64,
 }
 
 impl Store {
@@ -75,6 +79,9 @@ impl Store {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
+        // Small pages for a new file (an existing one keeps its own): rows are small and
+        // are updated one at a time, and every changed page is written whole to the log.
+        writer.pragma_update(None, "page_size", 1024)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         let applied = migrate::run(&mut writer)?;
         let version = data_version(&writer)?;
@@ -84,6 +91,7 @@ impl Store {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 data_version: Mutex::new(version),
+                epoch: AtomicU64::new(0),
             }),
         };
         Ok((store, applied))
@@ -91,6 +99,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The store's epoch (see [`Inner::epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
     }
 
     /// Runs `f` on a reader connection, off the async worker threads.
@@ -143,6 +156,7 @@ impl Store {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
+        self.inner.epoch.fetch_add(1, Ordering::Release);
         Ok(value)
     }
 
@@ -161,6 +175,9 @@ impl Store {
         let mut seen = self.inner.data_version.lock().unwrap();
         let changed = now != *seen;
         *seen = now;
+        if changed {
+            self.inner.epoch.fetch_add(1, Ordering::Release);
+        }
         Ok(changed)
     }
 }
@@ -184,7 +201,5 @@ where
     T: Send + 'static,
     F: FnOnce() -> StoreResult<T> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    tokio::task::block_in_place(f)
 }

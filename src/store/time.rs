@@ -25,13 +25,50 @@ pub fn parse(s: &str) -> Option<SystemTime> {
 
 /// A stored timestamp as the API shows it: ISO 8601 in UTC (`2026-11-26T10:00:00.123Z`).
 /// Text that is not a timestamp is passed through as it is.
+///
+/// The API converts every timestamp of every cluster it lists, so the two forms the store
+/// holds (kindler's, with milliseconds, and `CURRENT_TIMESTAMP`'s, without) are rewritten
+/// as text; anything else goes through the full parser.
 pub fn iso(s: &str) -> String {
+    if let Some(fast) = iso_of_stored_form(s) {
+        return fast;
+    }
     match parse(s) {
         Some(t) => DateTime::<Utc>::from(t)
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
             .to_string(),
         None => s.to_owned(),
     }
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.mmm]` (digits where digits belong) to ISO 8601, without parsing.
+fn iso_of_stored_form(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let digits = |range: std::ops::Range<usize>| b[range].iter().all(u8::is_ascii_digit);
+    let shape = (b.len() == 19 || (b.len() == 23 && b[19] == b'.' && digits(20..23)))
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b' '
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    if !shape {
+        return None;
+    }
+    let mut out = String::with_capacity(24);
+    out.push_str(&s[..10]);
+    out.push('T');
+    out.push_str(&s[11..]);
+    if b.len() == 19 {
+        out.push_str(".000");
+    }
+    out.push('Z');
+    Some(out)
 }
 
 #[cfg(test)]
@@ -44,6 +81,9 @@ mod tests {
         assert_eq!(text(t), "2026-11-26 10:00:00.250");
         assert_eq!(iso("2026-11-26 10:00:00"), "2026-11-26T10:00:00.000Z");
         assert_eq!(iso("not a time"), "not a time");
+        assert_eq!(iso("2026-11-26 10:00:00.250"), "2026-11-26T10:00:00.250Z");
+        assert_eq!(iso("2026-11-26T10:00:00.25Z"), "2026-11-26T10:00:00.250Z");
+        assert_eq!(iso("2026-11-26 1x:00:00"), "2026-11-26 1x:00:00");
         assert!(parse("2026-11-26T10:00:00Z").is_some());
     }
 }
