@@ -122,7 +122,9 @@ pub async fn run(
     on_spawn: impl FnOnce(i32),
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Report {
-    let spawned = match spawn(inv) {
+    // posix_spawn suspends the calling thread until the child has exec'd (about a
+    // millisecond); the worker's other tasks move on meanwhile.
+    let spawned = match tokio::task::block_in_place(|| spawn(inv)) {
         Ok(s) => s,
         Err(e) => {
             return Report {

@@ -7,14 +7,13 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppRef, LiveRun};
+use crate::app::LiveRun;
 use crate::config::Settings;
 use crate::log::{ids, Event, Priority};
 use crate::model::{Action, ClusterSpec};
 use crate::procs::Target;
 use crate::runner::{self, Ending, Invocation, Limits};
 use crate::store::clusters::ClusterRecord;
-use crate::store::runs;
 
 /// Script output lines sent to the journal per run before the rate limit applies, and
 /// the rate after that; every line still reaches the run's history tail.
@@ -45,6 +44,8 @@ pub struct Finished {
     pub leftovers: usize,
     /// Processes that ignored SIGTERM for the whole grace period and got SIGKILL.
     pub killed: usize,
+    /// The process group of the last command (kept in the history).
+    pub pgid: Option<i32>,
 }
 
 /// The commands an action runs, in order; each must succeed for the next to run.
@@ -60,7 +61,6 @@ fn steps(action: Action) -> &'static [Action] {
 }
 
 pub async fn execute(
-    app: AppRef,
     plan: Plan,
     settings: Arc<Settings>,
     cancel: CancellationToken,
@@ -72,6 +72,7 @@ pub async fn execute(
     let mut last = None;
     let mut nodes = None;
     let (mut leftovers, mut killed) = (0, 0);
+    let mut pgid = None;
     for &step in steps(plan.action) {
         let inv = invocation(&settings, &plan, step);
         let limits = Limits {
@@ -91,18 +92,12 @@ pub async fn execute(
                 }
             }
         };
-        let on_spawn = |pgid: i32| {
+        let on_spawn = |group: i32| {
             *live.target.lock().unwrap() = Some(Target {
-                pgid: Some(pgid),
+                pgid: Some(group),
                 tag: plan.tag.clone(),
             });
-            let store = app.store.clone();
-            let run_id = plan.run_id;
-            tokio::spawn(async move {
-                let _ = store
-                    .write(move |tx| runs::set_pgid(tx, run_id, pgid))
-                    .await;
-            });
+            pgid = Some(group);
         };
         let report = runner::run(&inv, limits, &cancel, on_spawn, &mut on_line).await;
         *live.target.lock().unwrap() = None;
@@ -128,6 +123,7 @@ pub async fn execute(
         nodes,
         leftovers,
         killed,
+        pgid,
     }
 }
 

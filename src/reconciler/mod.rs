@@ -218,10 +218,8 @@ impl Reconciler {
             Event::new(
                 Priority::Warning,
                 format!(
-                    "{action} of cluster {} (run {}, process group {}) was interrupted by a previous stop of kindler; it will be redone",
-                    run.cluster_name,
-                    run.id,
-                    run.pgid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
+                    "{action} of cluster {} (run {}) was interrupted by a previous stop of kindler; it will be redone",
+                    run.cluster_name, run.id
                 ),
             )
             .id(ids::ACTION_INTERRUPTED)
@@ -473,9 +471,9 @@ impl Reconciler {
             attempt,
             tag,
         };
-        let (app, done_tx) = (self.app.clone(), self.done_tx.clone());
+        let done_tx = self.done_tx.clone();
         tokio::spawn(async move {
-            let finished = action::execute(app, plan.clone(), settings, cancel, live).await;
+            let finished = action::execute(plan.clone(), settings, cancel, live).await;
             let reason = reason.lock().unwrap().take();
             let _ = done_tx.send(Done {
                 plan,

@@ -114,6 +114,7 @@ pub(super) fn record_end(
             }),
             error: error.as_deref(),
             output_tail: &f.tail,
+            pgid: f.pgid,
         },
     )?;
     runs::prune_cluster(tx, id, keep)?;

@@ -81,13 +81,6 @@ pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
     Ok(tx.last_insert_rowid())
 }
 
-/// Records the process group of a run's current command once it exists.
-pub fn set_pgid(tx: &Transaction, run_id: i64, pgid: i32) -> StoreResult<()> {
-    tx.prepare_cached("UPDATE reconcile_runs SET pgid = ?2 WHERE id = ?1")?
-        .execute(params![run_id, pgid])?;
-    Ok(())
-}
-
 pub struct RunEnd<'a> {
     pub outcome: RunOutcome,
     pub ended_at: SystemTime,
@@ -96,12 +89,13 @@ pub struct RunEnd<'a> {
     pub signal: Option<i32>,
     pub error: Option<&'a str>,
     pub output_tail: &'a [String],
+    pub pgid: Option<i32>,
 }
 
 pub fn finish(tx: &Transaction, run_id: i64, end: &RunEnd) -> StoreResult<()> {
     tx.prepare_cached(
         "UPDATE reconcile_runs SET outcome = ?2, ended_at = ?3, duration_ms = ?4, exit_code = ?5,
-                signal = ?6, error = ?7, output_tail = ?8
+                signal = ?6, error = ?7, output_tail = ?8, pgid = ?9
           WHERE id = ?1",
     )?
     .execute(params![
@@ -113,6 +107,7 @@ pub fn finish(tx: &Transaction, run_id: i64, end: &RunEnd) -> StoreResult<()> {
         end.signal,
         end.error,
         end.output_tail.join("\n"),
+        end.pgid,
     ])?;
     Ok(())
 }
@@ -173,13 +168,12 @@ pub struct Unfinished {
     pub cluster_id: i64,
     pub cluster_name: String,
     pub action: Option<Action>,
-    pub pgid: Option<i32>,
     pub process_tag: Option<String>,
 }
 
 pub fn unfinished(conn: &Connection) -> StoreResult<Vec<Unfinished>> {
     let mut stmt = conn.prepare(
-        "SELECT id, cluster_id, cluster_name, action, pgid, process_tag
+        "SELECT id, cluster_id, cluster_name, action, process_tag
            FROM reconcile_runs WHERE ended_at IS NULL ORDER BY id",
     )?;
     let runs = stmt
@@ -189,8 +183,7 @@ pub fn unfinished(conn: &Connection) -> StoreResult<Vec<Unfinished>> {
                 cluster_id: r.get(1)?,
                 cluster_name: r.get(2)?,
                 action: r.get::<_, String>(3)?.parse().ok(),
-                pgid: r.get(4)?,
-                process_tag: r.get(5)?,
+                process_tag: r.get(4)?,
             })
         })?
         .collect::<Result<_, _>>()?;
