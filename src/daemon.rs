@@ -92,6 +92,10 @@ pub async fn serve(
     settings: Settings,
     activated: Vec<Listener>,
 ) -> Result<(), Fatal> {
+    // Signals are caught from the start: a SIGTERM that arrives while the first request is
+    // served must stop kindler the orderly way, not kill it.
+    let signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| Fatal::new(1, format!("cannot handle signals: {e}")))?;
     let _lock = lock_database(&settings.database)?;
     let store = open_store(&settings)?;
     let listeners = if activated.is_empty() {
@@ -111,7 +115,12 @@ pub async fn serve(
     let app = App::new(store, settings);
 
     let shutdown = app.shutdown.clone();
-    let signals = tokio::spawn(handle_signals(app.clone(), loader, shutdown.clone()));
+    let signals = tokio::spawn(handle_signals(
+        signals,
+        app.clone(),
+        loader,
+        shutdown.clone(),
+    ));
     let api = tokio::spawn(api::serve(app.clone(), listeners, shutdown.clone()));
     let reconciler = tokio::spawn(Reconciler::new(app.clone(), Mode::Daemon).run(shutdown.clone()));
 
@@ -166,11 +175,12 @@ pub async fn reconcile_once(settings: Settings) -> Result<PassReport, Fatal> {
     Ok(Reconciler::new(app, Mode::OnePass).run_once(shutdown).await)
 }
 
-async fn handle_signals(app: AppRef, loader: Loader, shutdown: CancellationToken) {
-    let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-        Ok(s) => s,
-        Err(e) => return log::error(&format!("cannot handle signals: {e}")),
-    };
+async fn handle_signals(
+    mut signals: signal_hook_tokio::Signals,
+    app: AppRef,
+    loader: Loader,
+    shutdown: CancellationToken,
+) {
     while let Some(signal) = signals.next().await {
         match signal {
             SIGHUP => reload(&app, &loader).await,

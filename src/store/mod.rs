@@ -1,13 +1,15 @@
 //! The SQLite store: desired state, observed state and the history of reconcile runs.
 //!
-//! One writer connection (SQLite allows one writer at a time anyway) and a few reader
-//! connections; WAL lets the readers go on while the writer commits. Every call runs on
-//! tokio's blocking pool, so a slow disk never stalls the threads that serve HTTP.
+//! One writer connection (SQLite allows one writer at a time anyway), on a thread of its
+//! own that commits waiting writes together, and a few reader connections; WAL lets the
+//! readers go on while the writer commits. Reads run inside `block_in_place`, so a slow
+//! disk never stalls the threads that serve HTTP.
 
 pub mod clusters;
 mod migrate;
 pub mod runs;
 pub mod time;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,13 +59,13 @@ pub struct Store {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: writer::Writer,
     readers: Mutex<Vec<Connection>>,
     /// Last `PRAGMA data_version` seen on the writer connection (see `external_change`).
     data_version: Mutex<i64>,
     /// Bumped after every commit kindler makes and whenever another program's commit is
     /// noticed: anything derived from the store at one epoch is current until it moves.
-    epoch: AtomicU64,
+    epoch: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -85,13 +87,14 @@ impl Store {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         let applied = migrate::run(&mut writer)?;
         let version = data_version(&writer)?;
+        let epoch = Arc::new(AtomicU64::new(0));
         let store = Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                writer: Mutex::new(writer),
+                writer: writer::Writer::start(writer, epoch.clone())?,
                 readers: Mutex::new(Vec::new()),
                 data_version: Mutex::new(version),
-                epoch: AtomicU64::new(0),
+                epoch,
             }),
         };
         Ok((store, applied))
@@ -116,14 +119,14 @@ impl Store {
         blocking(move || store.read_blocking(f)).await
     }
 
-    /// Runs `f` inside one write transaction, off the async worker threads.
+    /// Runs `f` in a write transaction on the writer thread (see `writer.rs`): its changes
+    /// are committed, or none of them is.
     pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction) -> StoreResult<T> + Send + 'static,
     {
-        let store = self.clone();
-        blocking(move || store.write_blocking(f)).await
+        self.inner.writer.write(f).await
     }
 
     pub fn read_blocking<T>(
@@ -148,30 +151,12 @@ impl Store {
         result
     }
 
-    pub fn write_blocking<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction) -> StoreResult<T>,
-    ) -> StoreResult<T> {
-        let mut conn = self.inner.writer.lock().unwrap();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        self.inner.epoch.fetch_add(1, Ordering::Release);
-        Ok(value)
-    }
-
     /// True when another program committed to the database since the last call.
     ///
     /// `PRAGMA data_version` changes only for commits made by *other* connections; all of
     /// kindler's own writes go through the connection asked here, so they do not count.
     pub async fn external_change(&self) -> StoreResult<bool> {
-        let store = self.clone();
-        blocking(move || store.external_change_blocking()).await
-    }
-
-    fn external_change_blocking(&self) -> StoreResult<bool> {
-        let conn = self.inner.writer.lock().unwrap();
-        let now = data_version(&conn)?;
+        let now = self.inner.writer.data_version().await?;
         let mut seen = self.inner.data_version.lock().unwrap();
         let changed = now != *seen;
         *seen = now;

@@ -1,0 +1,35 @@
+-- wrk script for the POST /api/clusters benchmark (used by benches/kindler.rs).
+--
+-- Every request declares a new cluster: a unique name and three host ports no other
+-- cluster holds, since kindler refuses a port that another cluster uses (409).
+-- Arguments after `--`: a name prefix and the port to count up from.
+-- Run it with one wrk thread (-t1): each thread has its own Lua state and counters.
+
+local prefix = "w"
+local port = 1024
+local n = 0
+
+function init(args)
+    if args[1] then prefix = args[1] end
+    if args[2] then port = tonumber(args[2]) - 1 end
+end
+
+local function next_port()
+    port = port + 1
+    -- 30080 is the default node_port of every new cluster: were some cluster's host
+    -- port there, every later POST would be refused.
+    if port == 30080 then port = port + 1 end
+    if port > 65535 then port = 1024 end
+    return port
+end
+
+function request()
+    n = n + 1
+    local pf = next_port()
+    local http = next_port()
+    local https = next_port()
+    local body = string.format(
+        '{"name":"%s%d","provider":"k3d","pf_port":%d,"http_port":%d,"https_port":%d}',
+        prefix, n, pf, http, https)
+    return wrk.format("POST", "/api/clusters", { ["Content-Type"] = "application/json" }, body)
+end

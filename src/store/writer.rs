@@ -1,0 +1,158 @@
+//! The writer connection, on a thread of its own, committing in groups.
+//!
+//! Every write of the daemon (an API declaration, the reconciler recording a run) is a job
+//! sent to this thread. The thread takes all jobs waiting at that moment and runs them in
+//! one transaction, each inside its own savepoint, then commits once and answers each job.
+//! Under load this turns N commits into one (one log append, one lock round, no threads
+//! parked on a mutex) and serves writers in arrival order; alone, a job commits by itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::{StoreError, StoreResult};
+
+/// Most jobs committed together.
+const MAX_GROUP: usize = 256;
+/// Log pages (1 KiB each) after which a commit copies the log back into the database.
+/// Small and frequent beats large and rare: a checkpoint's sync stalls the writes behind
+/// it. On the benchmark machine the POST p99 with 1 and 32 connections was 2.4-2.9 and
+/// 5.8-6.7 ms at 250 pages, 4.6-7.3 and 10.5-11.3 ms at SQLite's default of 1,000, and
+/// 14-16 and 22-24 ms at 4,000 (BENCHMARKS.md, measurement 2).
+const CHECKPOINT_PAGES: u32 = 250;
+
+/// A handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: Sender<Job>,
+}
+
+enum Job {
+    Write(Box<dyn GroupJob>),
+    /// `PRAGMA data_version` of the writer connection (see `Store::external_change`).
+    DataVersion(oneshot::Sender<StoreResult<i64>>),
+}
+
+/// A write that runs inside a group's transaction and is answered once the group ends.
+trait GroupJob: Send {
+    /// Runs the write; false when it failed (its savepoint is then rolled back).
+    fn run(&mut self, tx: &Transaction) -> bool;
+    /// Answers the caller: the write's own result if the group committed.
+    fn answer(self: Box<Self>, group: &Result<(), String>);
+}
+
+struct Typed<T, F> {
+    work: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> GroupJob for Typed<T, F>
+where
+    T: Send,
+    F: FnOnce(&Transaction) -> StoreResult<T> + Send,
+{
+    fn run(&mut self, tx: &Transaction) -> bool {
+        let result = match self.work.take() {
+            Some(work) => work(tx),
+            None => return false,
+        };
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, group: &Result<(), String>) {
+        let answer = match (self.result, group) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (_, Err(e)) => Err(StoreError::Unavailable(e.clone())),
+            (None, Ok(())) => Err(StoreError::Unavailable("the write did not run".into())),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+impl Writer {
+    /// Moves `conn` to a new thread that serves writes; `epoch` is bumped after each commit.
+    pub fn start(conn: Connection, epoch: Arc<AtomicU64>) -> StoreResult<Writer> {
+        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
+        let (jobs, queue) = channel();
+        std::thread::Builder::new()
+            .name("kindler-writer".into())
+            .spawn(move || serve(conn, queue, &epoch))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Runs `work` in a write transaction (shared with other writes waiting at the time).
+    pub async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Typed {
+            work: Some(work),
+            result: None,
+            reply,
+        };
+        self.send(Job::Write(Box::new(job)))?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    pub async fn data_version(&self) -> StoreResult<i64> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::DataVersion(reply))?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    fn send(&self, job: Job) -> StoreResult<()> {
+        self.jobs.send(job).map_err(|_| gone())
+    }
+}
+
+fn gone() -> StoreError {
+    StoreError::Unavailable("the database writer has stopped".into())
+}
+
+fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &AtomicU64) {
+    while let Ok(first) = queue.recv() {
+        let mut group = Vec::new();
+        for job in std::iter::once(first).chain(queue.try_iter().take(MAX_GROUP - 1)) {
+            match job {
+                Job::Write(w) => group.push(w),
+                Job::DataVersion(reply) => {
+                    let _ = reply.send(super::data_version(&conn));
+                }
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let outcome = commit(&mut conn, &mut group).map_err(|e| e.to_string());
+        if outcome.is_ok() {
+            epoch.fetch_add(1, Ordering::Release);
+        }
+        for job in group {
+            job.answer(&outcome);
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, group: &mut [Box<dyn GroupJob>]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for job in group.iter_mut() {
+        tx.execute_batch("SAVEPOINT job")?;
+        if job.run(&tx) {
+            tx.execute_batch("RELEASE job")?;
+        } else {
+            // A failed write leaves no trace; the others of the group still commit.
+            tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+        }
+    }
+    tx.commit()
+}
