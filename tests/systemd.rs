@@ -167,9 +167,18 @@ fn sd_notify_ready_status_stopping() {
         |l| l.starts_with("STATUS=2 clusters: 1 running, 1 failed; next retry: bad in"),
     );
 
+    // A script is running when the stop begins: kindler asks for its grace (1 s here)
+    // plus a margin on top of the unit's stop timeout.
+    env.mode("create-slow", "hang");
+    let body = r#"{"name":"slow","provider":"k3d","pf_port":19602}"#;
+    assert_eq!(env.post("/api/clusters", body).status, 202);
+    env.await_state("slow", "creating", 10 * SEC);
     let before = notify.assignments().len();
     d.signal(libc::SIGTERM);
-    notify.await_line(before, 5 * SEC, "STOPPING=1", |l| l == "STOPPING=1");
+    let stopping = notify.await_line(before, 5 * SEC, "STOPPING=1", |l| l == "STOPPING=1");
+    notify.await_line(stopping, 5 * SEC, "EXTEND_TIMEOUT_USEC", |l| {
+        l == "EXTEND_TIMEOUT_USEC=6000000"
+    });
     assert!(d.wait_exit(5 * SEC).expect("exits").success());
 }
 
