@@ -429,7 +429,7 @@ impl Reconciler {
         if self.mode == Mode::OnePass {
             self.visited.insert(id);
         }
-        self.status_dirty = action != Action::Probe;
+        self.status_dirty |= action != Action::Probe;
         let level = if action == Action::Probe {
             Priority::Debug
         } else {
