@@ -191,7 +191,7 @@ fn sd_notify_watchdog_pings_stop_when_the_reconciler_is_wedged() {
     cmd.env("NOTIFY_SOCKET", &notify.path)
         .env("WATCHDOG_USEC", "400000")
         .env("KINDLER_TEST_WEDGE_FILE", &wedge);
-    let _d = env.spawn(cmd);
+    let d = env.spawn(cmd);
     notify.await_line(0, 10 * SEC, "READY=1", |l| l == "READY=1");
     eventually(5 * SEC, "five watchdog pings", || {
         (notify.count("WATCHDOG=1") >= 5).then_some(())
@@ -212,8 +212,13 @@ fn sd_notify_watchdog_pings_stop_when_the_reconciler_is_wedged() {
     }
 
     std::fs::write(&wedge, "").unwrap();
-    // Within one ping period plus the loop's poll the pings must stop, and stay stopped.
-    std::thread::sleep(Duration::from_millis(700));
+    // The watchdog task notices the stalled loop and says so; from then on no ping may come
+    // for a while (1.2 s: six ping periods).
+    eventually(5 * SEC, "the watchdog to notice the stall", || {
+        d.log_text()
+            .contains("not pinging the watchdog: reconciler loop stalled")
+            .then_some(())
+    });
     let stopped_at = notify.count("WATCHDOG=1");
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(
