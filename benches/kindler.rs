@@ -15,13 +15,14 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[path = "../tests/common/activation.rs"]
+mod activation;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kindler");
 
@@ -850,23 +851,10 @@ impl Ctx {
         cmd.env("BENCH_STANDIN", "ok")
             .envs(env.iter().copied())
             .env("NOTIFY_SOCKET", &notify.path)
-            .env("LISTEN_FDS", "1")
-            .env("LISTEN_FDNAMES", "http")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
-        let fd = listener.as_raw_fd();
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == 3 {
-                    let flags = libc::fcntl(3, libc::F_GETFD);
-                    libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        activation::pass_socket(&mut cmd, &listener);
         let spawned = Instant::now();
         let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin()))?;
         let mut d = Daemon {

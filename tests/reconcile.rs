@@ -155,9 +155,15 @@ fn a_failing_script_backs_off_and_recovers_once_fixed() {
     assert!(gap(1) > gap(0), "backoff grows: {} then {}", gap(0), gap(1));
     let c = env.cluster("flaky").unwrap();
     assert!(c["attempts"].as_u64().unwrap() >= 2, "{c}");
-    let task = env.get("/api/tasks/reconcile-flaky").json();
-    assert_eq!(task["status"], "failed", "{task}");
-    assert!(task["error"].as_str().unwrap().contains("exit status 3"));
+    // Between attempts the task reports the failure; while a retry runs it says "running".
+    let task = eventually(15 * SEC, "the task to report the failed attempt", || {
+        let task = env.get("/api/tasks/reconcile-flaky").json();
+        (task["status"] == "failed").then_some(task)
+    });
+    assert!(
+        task["error"].as_str().unwrap().contains("exit status 3"),
+        "{task}"
+    );
 
     env.mode("create", "ok");
     let c = env.await_state("flaky", "running", 15 * SEC);

@@ -3,11 +3,12 @@
 //! (tests/fixtures/standin.sh) as every command. Waits are for conditions, with deadlines.
 #![allow(dead_code)]
 
+mod activation;
+pub use activation::pass_socket;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -356,24 +357,6 @@ impl Drop for Daemon {
                 self.log_text()
             );
         }
-    }
-}
-
-/// Makes `listener` the child's fd 3 and sets LISTEN_FDS/LISTEN_FDNAMES, as systemd does
-/// (LISTEN_PID is left out: the child's pid is not known before the fork).
-pub fn pass_socket(cmd: &mut Command, listener: &TcpListener) {
-    let fd = listener.as_raw_fd();
-    cmd.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "http");
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

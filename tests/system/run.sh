@@ -481,7 +481,10 @@ if wait_for 20 slow_running; then
 else
     fail "the slow create of slow1 did not start"
 fi
-sleep 1
+# The script sets its SIGTERM trap before its loop; the loop's `sleep 1` shows it is set, so
+# the stop below really has to wait out kill_grace and then SIGKILL the group.
+ignoring_term() { [[ $(script_procs) =~ [0-9]+\ sleep\ 1($'\n'|$) ]]; }
+wait_for 20 ignoring_term || fail "the slow create of slow1 did not reach its SIGTERM-ignoring loop"
 t0=$(date +%s.%N)
 C systemctl stop kindler.service 2>/dev/null
 rc=$?
@@ -525,13 +528,18 @@ C systemctl daemon-reload
 C systemctl restart kindler.service
 wd=$(unit_prop kindler.service WatchdogUSec)
 check "kindler.service runs with WatchdogSec=3s (WatchdogUSec=$wd)" test "$wd" = 3s
-sleep 1
+# Freeze only once systemd has had a ping from this daemon (the watchdog timestamp moves
+# from the start time), so the restart below proves pings stopped, not that none came.
+wd_started=$(unit_prop kindler.service WatchdogTimestampMonotonic)
+pinged() { [ "$(unit_prop kindler.service WatchdogTimestampMonotonic)" != "$wd_started" ]; }
+check "systemd received a watchdog ping from kindler" wait_for 10 pinged
 pid_before=$(main_pid)
 restarts_before=$(unit_prop kindler.service NRestarts)
 sock_since=$(unit_prop kindler.socket ActiveEnterTimestampMonotonic)
 C kill -STOP "$pid_before"
 log "  froze kindler (MainPID $pid_before in the container) with SIGSTOP"
-sleep 0.5
+frozen() { [[ $(C cat "/proc/$pid_before/stat" 2>/dev/null) == *') T '* ]]; }
+wait_for 5 frozen || fail "kindler (MainPID $pid_before) did not stop on SIGSTOP"
 t0=$(date +%s.%N)
 code=$(curl -sS -m 60 -o "$work/frozen-request.json" -w '%{http_code}' "$base/api/clusters" 2>"$work/frozen-request.err")
 rc=$?
@@ -572,6 +580,7 @@ api_sock_since=$(unit_prop kindler-api.socket ActiveEnterTimestampMonotonic)
 # The client: GET /api/clusters in a tight loop until told to stop.
 rm -f "$work/load.stop"
 : >"$work/load.err"
+: >"$work/load.done"
 (
     total=0 failed=0 refused=0
     while [ ! -e "$work/load.stop" ]; do
@@ -583,16 +592,20 @@ rm -f "$work/load.stop"
             [ $rc = 7 ] && refused=$((refused + 1))
             echo "request $total: curl exit $rc, HTTP $code" >>"$work/load.err"
         fi
+        echo "$code" >>"$work/load.done"
     done
     echo "$total $failed $refused" >"$work/load.result"
 ) &
 loop_pid=$!
-sleep 1
+# The client load spans the upgrade: some requests before it starts and some after it ends.
+load_count() { wc -l <"$work/load.done"; }
+load_reaches() { [ "$(load_count)" -ge "$1" ]; }
+wait_for 20 load_reaches 20 || fail "the client loop did not get going"
 t0=$(date +%s.%N)
 C apt-get install -y "$cmount/debs/$new_deb_name" >"$work/upgrade.log" 2>&1
 rc=$?
 t1=$(date +%s.%N)
-sleep 1
+wait_for 20 load_reaches $(($(load_count) + 20)) || fail "the client loop stalled after the upgrade"
 touch "$work/load.stop"
 wait "$loop_pid"
 loop_pid=""
