@@ -233,7 +233,8 @@ pub struct SettingArgs {
     pub stop_command: CommandLine,
 
     /// Command that checks a cluster answers (-n NAME -p PROVIDER; KINDLER_CONTEXT names the
-    /// kubectl context); exit 0 = healthy.
+    /// kubectl context); exit 0 = healthy. It may print `portainer_status=online|offline` and
+    /// `argocd_status=healthy|degraded` lines for the status endpoint.
     #[arg(long, env = "KINDLER_PROBE_COMMAND", default_value_t = script("probe-cluster"), value_name = "PROGRAM")]
     pub probe_command: CommandLine,
 

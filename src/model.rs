@@ -153,6 +153,50 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// The cluster's Portainer registration, as the probe command reports it.
+    PortainerStatus { Online => "online", Offline => "offline", Unknown => "unknown" }
+}
+
+string_enum! {
+    /// The cluster's Argo CD registration, as the probe command reports it.
+    ArgocdStatus { Healthy => "healthy", Degraded => "degraded", Unknown => "unknown" }
+}
+
+/// What the last probe of a running cluster said about its add-on registrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddOnStatus {
+    pub portainer: PortainerStatus,
+    pub argocd: ArgocdStatus,
+}
+
+/// Everything a finished probe reported (parsed by `reconciler::probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// Ready and total nodes, when the probe printed `kubectl get nodes` lines.
+    pub nodes: Option<(i64, i64)>,
+    pub add_ons: AddOnStatus,
+}
+
+impl AddOnStatus {
+    pub const UNKNOWN: AddOnStatus = AddOnStatus {
+        portainer: PortainerStatus::Unknown,
+        argocd: ArgocdStatus::Unknown,
+    };
+
+    /// Reads stored values; anything unexpected another tool wrote is `unknown`.
+    pub fn from_stored(portainer: Option<&str>, argocd: Option<&str>) -> Self {
+        AddOnStatus {
+            portainer: portainer
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(PortainerStatus::Unknown),
+            argocd: argocd
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(ArgocdStatus::Unknown),
+        }
+    }
+}
+
 impl ActualState {
     /// Parses a stored value; anything another tool wrote that we do not know is `unknown`.
     pub fn from_stored(s: Option<&str>) -> Self {

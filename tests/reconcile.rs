@@ -121,6 +121,44 @@ fn stop_and_start_are_declarative() {
 }
 
 #[test]
+fn the_status_endpoint_serves_what_the_probe_reported() {
+    let env = Env::new();
+    env.mode("probe", "report");
+    let _d = env.start(&[]);
+    declare(&env, "seen", "k3d");
+    env.await_state("seen", "running", 10 * SEC);
+    let s = env.get("/api/clusters/seen/status").json();
+    assert_eq!(s["status"], "running", "{s}");
+    assert_eq!(
+        (s["nodes_ready"].as_i64(), s["nodes_total"].as_i64()),
+        (Some(2), Some(3)),
+        "{s}"
+    );
+    assert_eq!(s["portainer_status"], "online", "{s}");
+    assert_eq!(s["argocd_status"], "degraded", "{s}");
+
+    // A stopped cluster's add-ons are not known to be up; the next probe after the start
+    // reports them again, and a probe that no longer mentions them makes them unknown.
+    assert_eq!(env.post("/api/clusters/seen/stop", "").status, 202);
+    env.await_state("seen", "stopped", 10 * SEC);
+    let s = env.get("/api/clusters/seen/status").json();
+    assert_eq!(
+        (&s["portainer_status"], &s["argocd_status"]),
+        (&"unknown".into(), &"unknown".into()),
+        "{s}"
+    );
+    env.mode("probe", "ok");
+    assert_eq!(env.post("/api/clusters/seen/start", "").status, 202);
+    env.await_state("seen", "running", 10 * SEC);
+    let s = env.get("/api/clusters/seen/status").json();
+    assert_eq!(s["portainer_status"], "unknown", "{s}");
+    assert_eq!(
+        s["nodes_total"], 3,
+        "node counts stay until a probe prints nodes again: {s}"
+    );
+}
+
+#[test]
 fn a_failing_script_backs_off_and_recovers_once_fixed() {
     let env = Env::new();
     env.mode("create", "fail");

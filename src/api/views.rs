@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::model::{ActualState, AddOnStatus};
 use crate::store::clusters::ClusterRecord;
 use crate::store::runs::RunRecord;
 use crate::store::time;
@@ -83,14 +84,19 @@ pub struct ClusterStatus<'a> {
 
 impl<'a> From<&'a ClusterRecord> for ClusterStatus<'a> {
     fn from(c: &'a ClusterRecord) -> Self {
+        // kindler does not talk to Portainer or Argo CD itself; the probe may report them.
+        // What it said holds while the cluster runs; stopped or failed, nobody knows.
+        let add_ons = match c.actual {
+            ActualState::Running => c.add_ons,
+            _ => AddOnStatus::UNKNOWN,
+        };
         ClusterStatus {
             name: c.spec.name.as_str(),
             status: c.actual.as_str(),
             nodes_ready: c.nodes_ready.unwrap_or(0),
             nodes_total: c.nodes_total.unwrap_or(0),
-            // kindler does not talk to Portainer or Argo CD itself.
-            portainer_status: "unknown",
-            argocd_status: "unknown",
+            portainer_status: add_ons.portainer.as_str(),
+            argocd_status: add_ons.argocd.as_str(),
             error_message: c.reconcile_error.as_deref(),
         }
     }

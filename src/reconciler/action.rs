@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::LiveRun;
 use crate::config::Settings;
 use crate::log::{ids, Event, Priority};
-use crate::model::{Action, ClusterSpec};
+use crate::model::{Action, ClusterSpec, ProbeReport};
 use crate::procs::Target;
 use crate::runner::{self, Ending, Invocation, Limits};
 use crate::store::clusters::ClusterRecord;
@@ -39,8 +39,8 @@ pub struct Finished {
     pub step: Action,
     pub duration: Duration,
     pub tail: Vec<String>,
-    /// Ready and total nodes, when a probe printed `kubectl get nodes` lines.
-    pub nodes: Option<(i64, i64)>,
+    /// What the probe reported, when the action ran one.
+    pub probe: Option<ProbeReport>,
     pub leftovers: usize,
     /// Processes that ignored SIGTERM for the whole grace period and got SIGKILL.
     pub killed: usize,
@@ -70,7 +70,7 @@ pub async fn execute(
     let deadline = started + settings.action_timeout;
     let mut journal = JournalTap::new(&plan);
     let mut last = None;
-    let mut nodes = None;
+    let mut probe = None;
     let (mut leftovers, mut killed) = (0, 0);
     let mut pgid = None;
     for &step in steps(plan.action) {
@@ -104,7 +104,7 @@ pub async fn execute(
         leftovers += report.leftovers;
         killed += report.killed;
         if step == Action::Probe {
-            nodes = count_nodes(&probe_lines.lock().unwrap());
+            probe = Some(ProbeReport::parse(&probe_lines.lock().unwrap()));
         }
         let ok = matches!(report.ending, Ending::Exited(e) if e.success());
         last = Some((report.ending, step));
@@ -120,7 +120,7 @@ pub async fn execute(
         step,
         duration: started.elapsed(),
         tail,
-        nodes,
+        probe,
         leftovers,
         killed,
         pgid,
@@ -196,25 +196,6 @@ fn environment(plan: &Plan, step: Action) -> Vec<(String, String)> {
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-/// Counts nodes in `kubectl get nodes` output (`NAME STATUS ...` lines).
-fn count_nodes(lines: &[String]) -> Option<(i64, i64)> {
-    let (mut ready, mut total) = (0, 0);
-    for line in lines {
-        let mut cols = line.split_whitespace();
-        let (Some(_name), Some(status)) = (cols.next(), cols.next()) else {
-            continue;
-        };
-        let state = status.split(',').next().unwrap_or("");
-        if state == "Ready" {
-            ready += 1;
-            total += 1;
-        } else if state == "NotReady" || state == "Unknown" {
-            total += 1;
-        }
-    }
-    (total > 0).then_some((ready, total))
-}
-
 /// Forwards a run's output lines to the journal, tagged with the cluster and run, with a
 /// token bucket so that a script printing gigabytes does not flood it.
 struct JournalTap {
@@ -265,25 +246,5 @@ impl JournalTap {
             );
             event.emit();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_kubectl_nodes() {
-        let lines: Vec<String> = [
-            "k3d-dev-server-0   Ready    control-plane,master   1m   v1.29.1+k3s1",
-            "k3d-dev-agent-0    NotReady <none>                 1m   v1.29.1+k3s1",
-            "k3d-dev-agent-1    Ready,SchedulingDisabled <none> 1m   v1.29.1+k3s1",
-            "some other chatter",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(count_nodes(&lines), Some((2, 3)));
-        assert_eq!(count_nodes(&["hello world".to_string()]), None);
     }
 }

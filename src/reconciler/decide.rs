@@ -108,6 +108,7 @@ mod tests {
             last_action,
             nodes_ready: None,
             nodes_total: None,
+            add_ons: crate::model::AddOnStatus::UNKNOWN,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod action;
 pub mod backoff;
 pub mod decide;
 mod outcome;
+pub mod probe;
 mod schedule;
 
 use std::collections::{HashMap, HashSet};

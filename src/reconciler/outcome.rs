@@ -7,7 +7,7 @@ use super::action::{Finished, Plan};
 use super::{backoff, CancelReason};
 use crate::config::Settings;
 use crate::log::{ids, Event, Priority};
-use crate::model::{Action, ActualState, DesiredState, RunOutcome};
+use crate::model::{Action, ActualState, DesiredState, ProbeReport, RunOutcome};
 use crate::runner::Ending;
 use crate::store::clusters::{self, ActionResult, ClusterRecord};
 use crate::store::{runs, time, StoreResult};
@@ -154,7 +154,7 @@ pub(super) fn record_end(
                 0,
                 None,
                 plan.record.generation,
-                f.nodes,
+                f.probe,
             )?;
             end.actual = Some(state);
         }
@@ -199,7 +199,7 @@ fn finish(
     attempts: u32,
     next_attempt_at: Option<String>,
     generation: i64,
-    nodes: Option<(i64, i64)>,
+    probe: Option<ProbeReport>,
 ) -> StoreResult<()> {
     clusters::finish_action(
         tx,
@@ -210,7 +210,7 @@ fn finish(
             attempts,
             next_attempt_at,
             observed_generation: generation,
-            nodes,
+            probe,
         },
     )
 }

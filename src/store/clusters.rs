@@ -4,7 +4,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::{time, StoreResult};
 use crate::model::{
-    defaults, Action, ActualState, ClusterName, ClusterSpec, DesiredState, Provider,
+    defaults, Action, ActualState, AddOnStatus, ClusterName, ClusterSpec, DesiredState,
+    ProbeReport, Provider,
 };
 
 /// One row of `clusters`, parsed.
@@ -26,6 +27,8 @@ pub struct ClusterRecord {
     pub last_action: Option<Action>,
     pub nodes_ready: Option<i64>,
     pub nodes_total: Option<i64>,
+    /// As the last successful probe reported them.
+    pub add_ons: AddOnStatus,
 }
 
 /// A row another program wrote that kindler cannot act on; it is reported and left as it is.
@@ -52,7 +55,7 @@ const COLUMNS: &str = "id, name, provider, subnet, node_port, pf_port, http_port
      register_portainer, haproxy_route, register_argocd, desired_state, actual_state, \
      created_at, updated_at, last_reconciled_at, last_transition_at, next_attempt_at, \
      reconcile_error, generation, observed_generation, attempts, last_action, \
-     nodes_ready, nodes_total";
+     nodes_ready, nodes_total, portainer_status, argocd_status";
 
 fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
     let id: i64 = row.get(0)?;
@@ -126,6 +129,10 @@ fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
         last_action: last_action.and_then(|a| a.parse().ok()),
         nodes_ready: row.get(23)?,
         nodes_total: row.get(24)?,
+        add_ons: AddOnStatus::from_stored(
+            row.get::<_, Option<String>>(25)?.as_deref(),
+            row.get::<_, Option<String>>(26)?.as_deref(),
+        ),
     }))
 }
 
@@ -292,11 +299,13 @@ pub struct ActionResult {
     pub attempts: u32,
     pub next_attempt_at: Option<String>,
     pub observed_generation: i64,
-    pub nodes: Option<(i64, i64)>,
+    /// Set when the action ended with a successful probe; otherwise the row keeps its values.
+    pub probe: Option<ProbeReport>,
 }
 
 pub fn finish_action(tx: &Transaction, id: i64, r: &ActionResult) -> StoreResult<()> {
     let now = time::now_text();
+    let nodes = r.probe.and_then(|p| p.nodes);
     tx.prepare_cached(
         "UPDATE clusters
             SET actual_state = ?2, status = ?2, reconcile_error = ?3, attempts = ?4,
@@ -304,6 +313,8 @@ pub fn finish_action(tx: &Transaction, id: i64, r: &ActionResult) -> StoreResult
                 last_reconciled_at = ?7,
                 last_transition_at = CASE WHEN actual_state IS ?2 THEN last_transition_at ELSE ?7 END,
                 nodes_ready = COALESCE(?8, nodes_ready), nodes_total = COALESCE(?9, nodes_total),
+                portainer_status = COALESCE(?10, portainer_status),
+                argocd_status = COALESCE(?11, argocd_status),
                 updated_at = ?7
           WHERE id = ?1",
     )?
@@ -315,8 +326,10 @@ pub fn finish_action(tx: &Transaction, id: i64, r: &ActionResult) -> StoreResult
         r.next_attempt_at,
         r.observed_generation,
         now,
-        r.nodes.map(|n| n.0),
-        r.nodes.map(|n| n.1),
+        nodes.map(|n| n.0),
+        nodes.map(|n| n.1),
+        r.probe.map(|p| p.add_ons.portainer.as_str()),
+        r.probe.map(|p| p.add_ons.argocd.as_str()),
     ])?;
     Ok(())
 }

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "leaner_writes",
         include_str!("../../migrations/0003_leaner_writes.sql"),
     ),
+    (
+        4,
+        "add_on_status",
+        include_str!("../../migrations/0004_add_on_status.sql"),
+    ),
 ];
 
 /// The state columns of `clusters` that the oldest files do not have, with their types as
