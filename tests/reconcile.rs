@@ -88,6 +88,32 @@ fn create_runs_the_script_with_the_contract_argv_then_delete_removes_the_row() {
 }
 
 #[test]
+fn declarations_after_a_delete_are_not_missed() {
+    // The delete removes the row holding the newest change number; changes after it must
+    // still be seen as new (they were once numbered below the reconciler's cursor).
+    let env = Env::new();
+    let _d = env.start(&[]);
+    declare(&env, "first", "k3d");
+    env.await_state("first", "running", 10 * SEC);
+    let body = r#"{"name":"second","provider":"k3d","pf_port":19100}"#;
+    assert_eq!(env.post("/api/clusters", body).status, 202);
+    env.await_state("second", "running", 10 * SEC);
+    assert_eq!(
+        env.request("DELETE", "/api/clusters/second", None).status,
+        202
+    );
+    env.await_gone("second", 10 * SEC);
+
+    let body = r#"{"name":"third","provider":"kind","pf_port":19200}"#;
+    assert_eq!(env.post("/api/clusters", body).status, 202);
+    env.await_state("third", "running", 10 * SEC);
+    env.sqlite("INSERT INTO clusters (name, provider, pf_port) VALUES ('fourth', 'k3d', 19300)");
+    env.await_state("fourth", "running", 10 * SEC);
+    assert_eq!(env.post("/api/clusters/first/stop", "").status, 202);
+    env.await_state("first", "stopped", 10 * SEC);
+}
+
+#[test]
 fn stop_and_start_are_declarative() {
     let env = Env::new();
     let _d = env.start(&[]);
@@ -359,10 +385,8 @@ fn a_sigkilled_daemon_leaves_nothing_stuck() {
     }
     let history = env.get("/api/clusters/crash/history").json();
     assert_eq!(history[1]["outcome"], "interrupted", "{history}");
-    let log = d2.log_text();
-    let reported = log
-        .lines()
-        .find_map(|l| {
+    let reported = eventually(5 * SEC, "the report of the ended orphans", || {
+        d2.log_text().lines().find_map(|l| {
             l.split("ended ")
                 .nth(1)?
                 .strip_suffix(
@@ -370,7 +394,7 @@ fn a_sigkilled_daemon_leaves_nothing_stuck() {
                 )
                 .map(str::to_owned)
         })
-        .unwrap_or_else(|| panic!("no report of the ended orphans: {log}"));
+    });
     let n: usize = reported.trim().parse().unwrap();
     assert!(n >= 4, "the script and its children were found: {n}");
 }

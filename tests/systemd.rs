@@ -52,13 +52,13 @@ fn socket_activation_serves_tcp_and_unix_side_by_side() {
     assert_eq!(r.text, "[]");
     let r = unix_request(&sock, "GET", "/api/config").unwrap();
     assert_eq!(r.json()["default_provider"], "k3d");
-    let text = std::fs::read_to_string(&log).unwrap();
+    // The log has its own writer thread: the line may land just after the answers.
+    let ready = format!("ready on http://127.0.0.1:{port}, unix:{}", sock.display());
+    let found = common::wait_for_file_text(&log, &ready, 5 * SEC);
     assert!(
-        text.contains(&format!(
-            "ready on http://127.0.0.1:{port}, unix:{}",
-            sock.display()
-        )),
-        "both passed sockets are served (and --listen is ignored): {text}"
+        found.is_ok(),
+        "both passed sockets are served (and --listen is ignored): {}",
+        found.unwrap_err()
     );
     unsafe { libc::kill(activator.id() as i32, libc::SIGTERM) };
     let status = activator.wait().unwrap();
@@ -82,11 +82,9 @@ fn passed_sockets_with_other_names_are_ignored() {
             .ok()
             .filter(|r| r.status == 200)
     });
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        text.contains("ignoring passed socket 0 named \"metrics\""),
-        "{text}"
-    );
+    let found =
+        common::wait_for_file_text(&log, "ignoring passed socket 0 named \"metrics\"", 5 * SEC);
+    assert!(found.is_ok(), "{}", found.unwrap_err());
     let _ = child.kill();
     let _ = child.wait();
 }

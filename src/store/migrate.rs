@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "add_on_status",
         include_str!("../../migrations/0004_add_on_status.sql"),
     ),
+    (
+        5,
+        "monotonic_change_feed",
+        include_str!("../../migrations/0005_monotonic_change_feed.sql"),
+    ),
 ];
 
 /// The state columns of `clusters` that the oldest files do not have, with their types as

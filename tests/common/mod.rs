@@ -360,6 +360,21 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits until `path` contains `needle`; on timeout, the error is the file's text.
+pub fn wait_for_file_text(path: &Path, needle: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(text);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
