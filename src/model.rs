@@ -237,6 +237,20 @@ impl Action {
         }
     }
 
+    /// Whether running this action still moves a cluster toward `desired`. A create serves
+    /// `stopped` too: the cluster has to exist before it can be stopped, so a create that
+    /// is half done when the user declares "stopped" carries on rather than starting over.
+    pub fn serves(self, desired: DesiredState) -> bool {
+        use DesiredState as D;
+        matches!(
+            (self, desired),
+            (Action::Create, D::Present | D::Stopped)
+                | (Action::Start | Action::Probe, D::Present)
+                | (Action::Stop, D::Stopped)
+                | (Action::Delete, D::Absent)
+        )
+    }
+
     /// The desired state this action works toward; when the declared state moves away
     /// from it, the action is cancelled.
     pub fn goal(self) -> DesiredState {

@@ -320,6 +320,41 @@ fn deleting_while_creating_cancels_the_create_and_deletes() {
 }
 
 #[test]
+fn stopping_while_creating_lets_the_create_finish_then_stops() {
+    let env = Env::new();
+    env.mode("create", "slow:1.5");
+    let _d = env.start(&[]);
+    declare(&env, "later", "kind");
+    env.await_state("later", "creating", 10 * SEC);
+    assert_eq!(env.post("/api/clusters/later/stop", "").status, 202);
+    let c = env.await_state("later", "stopped", 15 * SEC);
+    assert_eq!(c["desired_state"], "stopped");
+    assert_eq!(
+        env.starts("create", "later").len(),
+        1,
+        "the create was not redone"
+    );
+    assert_eq!(env.starts("stop", "later").len(), 1);
+    let history = env.get("/api/clusters/later/history").json();
+    let runs: Vec<(&str, &str)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [("stop", "succeeded"), ("create", "succeeded")],
+        "newest first: {history}"
+    );
+}
+
+#[test]
 fn sigterm_ends_the_script_group_within_the_grace_and_the_next_start_completes_it() {
     let env = Env::new();
     env.mode("create", "stubborn");

@@ -302,7 +302,7 @@ impl Reconciler {
         }
     }
 
-    /// Cancels a running action whose goal is no longer what is declared.
+    /// Cancels a running action that no longer moves the cluster toward its declaration.
     async fn cancel_if_redeclared(&mut self, id: i64) {
         let desired = match self.load(id).await {
             Some(Ok(rec)) => Some(rec.desired),
@@ -311,7 +311,7 @@ impl Reconciler {
         let Some(running) = self.running.get(&id) else {
             return;
         };
-        if desired == Some(running.action.goal()) {
+        if desired.is_some_and(|d| running.action.serves(d)) {
             return;
         }
         *running.reason.lock().unwrap() = Some(CancelReason::Redeclared(desired));
