@@ -136,10 +136,7 @@ pub async fn run(
     };
     let Spawned { pid, exit, reader } = spawned;
     on_spawn(pid);
-    let target = Target {
-        pgid: Some(pid),
-        tag: inv.tag.clone(),
-    };
+    let target = Target::of_group(pid, inv.tag.clone());
     let mut out = Output::new(reader, on_line);
     let deadline = tokio::time::Instant::now() + limits.timeout;
 
@@ -167,8 +164,10 @@ pub async fn run(
             let status = reap(pid);
             let (mut leftovers, mut killed) = (0, 0);
             // Background children the script left behind (still in its group, or holding
-            // its output open from elsewhere) are part of the action: an action leaves
-            // nothing running once it has ended.
+            // its output open from elsewhere) are part of the action. A process that left
+            // both (its own session, its output elsewhere) was daemonized on purpose and is
+            // left alone: looking for it by tag after every action would read every
+            // process's environment (see DESIGN.md).
             if group_exists(pid) || !out.eof {
                 leftovers = target.live().len();
                 if leftovers > 0 {

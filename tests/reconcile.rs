@@ -601,3 +601,25 @@ fn background_processes_a_script_leaves_behind_are_ended() {
         d.log_text().contains("leftover_processes=").then_some(())
     });
 }
+
+#[test]
+fn a_process_a_script_daemonizes_on_purpose_is_left_running() {
+    // setsid and output to /dev/null: it left the group and the pipe, which is how a script
+    // says "keep this running" (DESIGN.md). Being tagged, it is still ended when a run is
+    // cancelled or times out, and found after a crash.
+    let env = Env::new();
+    env.mode("create", "detach");
+    let _d = env.start(&[]);
+    declare(&env, "loner", "k3d");
+    env.await_state("loner", "running", 10 * SEC);
+    let pids = env.pids("create-loner");
+    assert_eq!(
+        pids.len(),
+        2,
+        "the script and its detached helper: {pids:?}"
+    );
+    let helper = pids[1];
+    assert!(alive(helper), "the daemonized helper runs on");
+    assert!(!alive(pids[0]));
+    unsafe { libc::kill(helper, libc::SIGKILL) };
+}

@@ -93,10 +93,7 @@ pub async fn execute(
             }
         };
         let on_spawn = |group: i32| {
-            *live.target.lock().unwrap() = Some(Target {
-                pgid: Some(group),
-                tag: plan.tag.clone(),
-            });
+            *live.target.lock().unwrap() = Some(Target::of_group(group, plan.tag.clone()));
             pgid = Some(group);
         };
         let report = runner::run(&inv, limits, &cancel, on_spawn, &mut on_line).await;

@@ -183,10 +183,7 @@ impl Reconciler {
         let endings = unfinished.iter().map(|run| async move {
             match &run.process_tag {
                 Some(tag) => {
-                    let target = Target {
-                        pgid: None,
-                        tag: tag.clone(),
-                    };
+                    let target = Target::of_tag(tag.clone());
                     let found = target.live().len();
                     target.terminate(grace).await;
                     found
