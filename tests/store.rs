@@ -212,3 +212,47 @@ fn file_then_environment_then_flags() {
     let _d = env.spawn(cmd);
     assert_eq!(env.get("/api/config").json()["base_domain"], "from-flag");
 }
+
+#[test]
+fn rows_other_tools_write_with_odd_types_do_not_break_the_api() {
+    // SQLite keeps whatever type a `sqlite3` command wrote: an unset shell variable makes
+    // '' of a port, strftime('%s') makes an integer of a timestamp.
+    let env = Env::new();
+    let _d = env.start(&[]);
+    env.sqlite(
+        "INSERT INTO clusters (name, provider, pf_port, register_argocd, created_at)
+              VALUES ('odd', 'k3d', '', 'false', strftime('%s', 'now'));
+         INSERT INTO clusters (name, provider, node_port) VALUES ('broken', 'kind', 'abc');",
+    );
+    let odd = env.await_state("odd", "running", 10 * SEC);
+    assert_eq!(odd["pf_port"], 19000, "an empty port is the default: {odd}");
+    assert_eq!(odd["register_argocd"], false);
+    let created = odd["created_at"].as_str().unwrap();
+    assert!(
+        created.starts_with("20") && created.ends_with('Z'),
+        "Unix seconds are read as a time: {created}"
+    );
+    assert_eq!(
+        env.argv("create-odd")[..6],
+        ["-n", "odd", "-p", "k3d", "--node-port", "30080"]
+    );
+
+    // The unreadable row is left alone and reported; the list still answers.
+    let list = env.get("/api/clusters");
+    assert_eq!(list.status, 200, "{list:?}");
+    let names: Vec<String> = list
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["odd"]);
+    assert_eq!(env.get("/api/health").status, 200);
+    assert!(env.starts("create", "broken").is_empty());
+    assert_eq!(
+        env.sqlite("SELECT COUNT(*) FROM clusters WHERE name = 'broken'"),
+        "1",
+        "nothing stored is lost"
+    );
+}

@@ -57,9 +57,71 @@ const COLUMNS: &str = "id, name, provider, subnet, node_port, pf_port, http_port
      reconcile_error, generation, observed_generation, attempts, last_action, \
      nodes_ready, nodes_total, portainer_status, argocd_status";
 
+/// Parses a row. Other programs write this table with the `sqlite3` command, and SQLite
+/// keeps whatever type they wrote (`pf_port = ''`, `created_at = strftime('%s')`): such a
+/// row becomes an [`InvalidRow`] (or, for a timestamp, is read as Unix seconds) rather
+/// than an error that would fail every query touching the table.
 fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
+    use rusqlite::Error as E;
+    match parse_row(row) {
+        Err(
+            e @ (E::InvalidColumnType(..)
+            | E::FromSqlConversionFailure(..)
+            | E::IntegralValueOutOfRange(..)),
+        ) => Ok(Err(InvalidRow {
+            id: row.get(0)?,
+            name: text_of(row, 1)?.unwrap_or_default(),
+            reason: unreadable(&e),
+        })),
+        parsed => parsed,
+    }
+}
+
+fn unreadable(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::InvalidColumnType(_, column, ty) => {
+            format!("column {column} holds a value of type {ty}, which kindler cannot read")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A text column, whatever storage class the value has (numbers are written out).
+fn text_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
+    use rusqlite::types::ValueRef;
+    Ok(match row.get_ref(idx)? {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+    })
+}
+
+/// A timestamp column: SQLite's text form, or Unix seconds as `strftime('%s')` writes them.
+fn timestamp_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
+    use rusqlite::types::ValueRef;
+    let seconds = match row.get_ref(idx)? {
+        ValueRef::Integer(i) => i as f64,
+        ValueRef::Real(f) => f,
+        _ => return text_of(row, idx),
+    };
+    Ok(Some(time::text(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(seconds.max(0.0)),
+    )))
+}
+
+/// A boolean column: 0/1 as kindler writes it, or `true`/`false` as a script might.
+fn flag_of(row: &Row, idx: usize) -> rusqlite::Result<bool> {
+    match text_of(row, idx)?.as_deref() {
+        Some("0") | Some("false") => Ok(false),
+        Some("1") | Some("true") | None => Ok(true),
+        Some(_) => row.get(idx),
+    }
+}
+
+fn parse_row(row: &Row) -> rusqlite::Result<Parsed> {
     let id: i64 = row.get(0)?;
-    let raw_name: String = row.get(1)?;
+    let raw_name = text_of(row, 1)?.unwrap_or_default();
     let invalid = |reason: String| InvalidRow {
         id,
         name: raw_name.clone(),
@@ -69,7 +131,7 @@ fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
         Ok(n) => n,
         Err(e) => return Ok(Err(invalid(e.to_string()))),
     };
-    let provider_text: String = row.get(2)?;
+    let provider_text = text_of(row, 2)?.unwrap_or_default();
     let provider = match provider_text.parse::<Provider>() {
         Ok(p) => p,
         Err(e) => return Ok(Err(invalid(format!("provider {e}")))),
@@ -82,16 +144,17 @@ fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
         defaults::HTTPS_PORT,
     ];
     for (i, slot) in ports.iter_mut().enumerate() {
-        let value: Option<i64> = row.get(4 + i)?;
-        *slot = match value {
+        // An empty value (a shell variable that was not set) means the default port.
+        let text = text_of(row, 4 + i)?.filter(|t| !t.trim().is_empty());
+        *slot = match text {
             None => port_defaults[i],
-            Some(v) => match u16::try_from(v) {
+            Some(t) => match t.trim().parse::<u16>() {
                 Ok(p) if p > 0 => p,
-                _ => return Ok(Err(invalid(format!("port {v} is out of range")))),
+                _ => return Ok(Err(invalid(format!("{t:?} is not a port (1–65535)")))),
             },
         };
     }
-    let desired_text: Option<String> = row.get(11)?;
+    let desired_text = text_of(row, 11)?;
     let desired = match desired_text.as_deref() {
         None => DesiredState::Present,
         Some(t) => match t.parse() {
@@ -99,8 +162,8 @@ fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
             Err(e) => return Ok(Err(invalid(format!("desired_state {e}")))),
         },
     };
-    let actual_text: Option<String> = row.get(12)?;
-    let last_action: Option<String> = row.get(22)?;
+    let actual_text = text_of(row, 12)?;
+    let last_action = text_of(row, 22)?;
     Ok(Ok(ClusterRecord {
         id,
         spec: ClusterSpec {
@@ -110,19 +173,19 @@ fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
             pf_port: ports[1],
             http_port: ports[2],
             https_port: ports[3],
-            cluster_subnet: row.get::<_, Option<String>>(3)?.filter(|s| !s.is_empty()),
-            register_portainer: row.get(8)?,
-            haproxy_route: row.get(9)?,
-            register_argocd: row.get(10)?,
+            cluster_subnet: text_of(row, 3)?.filter(|s| !s.is_empty()),
+            register_portainer: flag_of(row, 8)?,
+            haproxy_route: flag_of(row, 9)?,
+            register_argocd: flag_of(row, 10)?,
         },
         desired,
         actual: ActualState::from_stored(actual_text.as_deref()),
-        created_at: row.get(13)?,
-        updated_at: row.get(14)?,
-        last_reconciled_at: row.get(15)?,
-        last_transition_at: row.get(16)?,
-        next_attempt_at: row.get(17)?,
-        reconcile_error: row.get(18)?,
+        created_at: timestamp_of(row, 13)?,
+        updated_at: timestamp_of(row, 14)?,
+        last_reconciled_at: timestamp_of(row, 15)?,
+        last_transition_at: timestamp_of(row, 16)?,
+        next_attempt_at: timestamp_of(row, 17)?,
+        reconcile_error: text_of(row, 18)?,
         generation: row.get(19)?,
         observed_generation: row.get(20)?,
         attempts: row.get::<_, i64>(21)?.clamp(0, u32::MAX as i64) as u32,
@@ -130,8 +193,8 @@ fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
         nodes_ready: row.get(23)?,
         nodes_total: row.get(24)?,
         add_ons: AddOnStatus::from_stored(
-            row.get::<_, Option<String>>(25)?.as_deref(),
-            row.get::<_, Option<String>>(26)?.as_deref(),
+            text_of(row, 25)?.as_deref(),
+            text_of(row, 26)?.as_deref(),
         ),
     }))
 }
@@ -367,9 +430,9 @@ pub fn schedule_rows(conn: &Connection) -> StoreResult<Vec<ScheduleRow>> {
         .query_map([], |r| {
             Ok(ScheduleRow {
                 id: r.get(0)?,
-                actual: ActualState::from_stored(r.get::<_, Option<String>>(1)?.as_deref()),
-                desired: r.get(2)?,
-                last_reconciled_at: r.get(3)?,
+                actual: ActualState::from_stored(text_of(r, 1)?.as_deref()),
+                desired: text_of(r, 2)?,
+                last_reconciled_at: timestamp_of(r, 3)?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -388,14 +451,19 @@ pub fn summary(conn: &Connection) -> StoreResult<Summary> {
         "SELECT COALESCE(actual_state, 'unknown'), COUNT(*) FROM clusters GROUP BY 1 ORDER BY 1",
     )?;
     let by_state = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([], |r| Ok((text_of(r, 0)?.unwrap_or_default(), r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let next_retry = conn
         .prepare_cached(
             "SELECT name, next_attempt_at FROM clusters WHERE next_attempt_at IS NOT NULL
               ORDER BY next_attempt_at LIMIT 1",
         )?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([], |r| {
+            Ok((
+                text_of(r, 0)?.unwrap_or_default(),
+                timestamp_of(r, 1)?.unwrap_or_default(),
+            ))
+        })
         .optional()?;
     Ok(Summary {
         by_state,
