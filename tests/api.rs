@@ -371,7 +371,7 @@ fn a_store_that_cannot_be_read_makes_health_503() {
 
 #[test]
 fn websocket_pushes_task_updates_until_completed() {
-    use tokio_tungstenite::tungstenite::{client::client, Message};
+    use tokio_tungstenite::tungstenite::{self, client::client, Message};
     let env = Env::new();
     env.mode("create", "slow:1");
     let _d = env.start(&[]);
@@ -418,7 +418,95 @@ fn websocket_pushes_task_updates_until_completed() {
     ws.send(Message::text("not json")).unwrap();
     let err: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
     assert_eq!(err["type"], "error");
+    let long = format!(r#"{{"type":"subscribe","task_id":"{}"}}"#, "x".repeat(200));
+    ws.send(Message::text(long)).unwrap();
+    let err: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert!(
+        err["message"].as_str().unwrap().contains("longer than"),
+        "{err}"
+    );
+    // A message over the 64 KiB limit ends the connection instead of filling memory.
+    let _ = ws.send(Message::text("x".repeat(100_000)));
+    let ended = loop {
+        match ws.read() {
+            Ok(Message::Close(_)) => break Ok(()),
+            Ok(_) => continue,
+            // A read timeout means the server kept the connection open.
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break Err(e)
+            }
+            Err(_) => break Ok(()),
+        }
+    };
+    assert!(ended.is_ok(), "the connection stayed open: {ended:?}");
 
     // A plain GET is told to upgrade.
     assert_eq!(env.get("/ws/tasks").status, 426);
+}
+
+#[test]
+fn requests_another_site_sends_through_the_browser_are_refused() {
+    let env = Env::new();
+    let _d = env.start(&[]);
+    // What a form post from another web page looks like: no preflight, text/plain.
+    let raw = |path: &str, site: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nOrigin: http://evil.example\r\n\
+             Sec-Fetch-Site: {site}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let body = r#"{"name":"csrf","provider":"k3d"}"#;
+    let r = send_raw(
+        env.port,
+        raw("/api/clusters", "cross-site", body).as_bytes(),
+        5 * SEC,
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.json()["detail"].as_str().unwrap().contains("cross-site"));
+    assert_eq!(
+        env.sqlite("SELECT COUNT(*) FROM clusters"),
+        "0",
+        "nothing stored"
+    );
+
+    // The WebUI's own pages (same origin) and clients without the header are served.
+    let r = send_raw(
+        env.port,
+        raw("/api/clusters", "same-origin", body).as_bytes(),
+        5 * SEC,
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{r:?}");
+    env.await_state("csrf", "running", 10 * SEC);
+    let r = send_raw(
+        env.port,
+        raw("/api/clusters/csrf/stop", "cross-site", "").as_bytes(),
+        5 * SEC,
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(env.cluster("csrf").unwrap()["desired_state"], "present");
+    // Reading is not a change: a cross-site GET is answered (the browser keeps the answer
+    // from the page, as no CORS header allows it).
+    let get = "GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nSec-Fetch-Site: cross-site\r\n\r\n";
+    assert_eq!(
+        send_raw(env.port, get.as_bytes(), 5 * SEC).unwrap().status,
+        200
+    );
+    // A WebSocket from another site could read task output: refused before the upgrade.
+    let ws =
+        "GET /ws/tasks HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-Fetch-Site: cross-site\r\n\r\n";
+    assert_eq!(
+        send_raw(env.port, ws.as_bytes(), 5 * SEC).unwrap().status,
+        403
+    );
 }

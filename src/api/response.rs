@@ -57,6 +57,7 @@ pub enum ApiError {
     TooLarge(usize),
     MethodNotAllowed(&'static str),
     Unavailable(String),
+    Timeout(std::time::Duration),
 }
 
 impl From<StoreError> for ApiError {
@@ -92,6 +93,13 @@ impl ApiError {
                 r
             }
             ApiError::Unavailable(m) => text(StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::Timeout(limit) => text(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(*limit)
+                ),
+            ),
         }
     }
 }

@@ -18,6 +18,8 @@ use crate::store::runs;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// Longest time a client may take to send its request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Runs shown by the history endpoint.
 const HISTORY_LIMIT: u32 = 50;
 
@@ -32,6 +34,9 @@ async fn route(app: AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = req.method().clone();
+    if method != Method::GET || segments == ["ws", "tasks"] {
+        refuse_cross_site(&req)?;
+    }
     match segments.as_slice() {
         ["api", "health"] => {
             only(&method, &Method::GET, "GET")?;
@@ -80,6 +85,23 @@ async fn route(app: AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
             Ok(super::ws::upgrade(app, req))
         }
         _ => Err(ApiError::NotFound("Not Found".into())),
+    }
+}
+
+/// Refuses what a browser says another site's page sent (the `Sec-Fetch-Site` header
+/// browsers add to every request, which proxies pass on unchanged). Any web page the
+/// operator opens could otherwise declare, stop or delete clusters on this loopback API
+/// with a form post, or read task output over the WebSocket. The WebUI itself is served
+/// from the API's origin; curl and scripts send no such header.
+fn refuse_cross_site(req: &Request<Incoming>) -> Result<(), ApiError> {
+    match req.headers().get("sec-fetch-site") {
+        Some(site) if site.as_bytes().eq_ignore_ascii_case(b"cross-site") => {
+            Err(ApiError::Forbidden(
+                "cross-site request refused: kindler accepts changes only from pages of its own origin"
+                    .into(),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -226,7 +248,12 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(ApiError::TooLarge(MAX_BODY));
     }
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    // A client that stops sending half-way does not hold the connection for ever.
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+        return Err(ApiError::Timeout(BODY_TIMEOUT));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()

@@ -18,7 +18,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -30,6 +30,17 @@ use crate::log;
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// Subscriptions one connection may hold.
 const MAX_SUBSCRIPTIONS: usize = 256;
+/// Largest client message: a subscription is well under 200 bytes. (The library's own
+/// default, 64 MiB, would let a few connections make the daemon hold gigabytes.)
+const MAX_MESSAGE: usize = 64 * 1024;
+/// Longest task id worth looking up: `reconcile-delete-` and a 63-character name.
+const MAX_TASK_ID: usize = 128;
+
+fn limits() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -61,9 +72,12 @@ pub fn upgrade(app: AppRef, mut req: Request<Incoming>) -> Reply {
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(limits()),
+                )
+                .await;
                 serve(app, ws).await;
             }
             Err(e) => log::debug(&format!("WebSocket upgrade failed: {e}")),
@@ -120,6 +134,9 @@ where
 /// Applies a client message; returns an immediate reply, if any.
 fn handle(text: &str, subscribed: &mut HashMap<String, Option<String>>) -> Option<String> {
     match serde_json::from_str::<ClientMessage>(text) {
+        Ok(ClientMessage::Subscribe { task_id }) if task_id.len() > MAX_TASK_ID => Some(error(
+            &format!("task_id is longer than {MAX_TASK_ID} bytes; no such task exists"),
+        )),
         Ok(ClientMessage::Subscribe { task_id }) => {
             if subscribed.len() < MAX_SUBSCRIPTIONS {
                 subscribed.entry(task_id).or_insert(None);
