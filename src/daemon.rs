@@ -264,11 +264,11 @@ async fn reload(app: &AppRef, loader: &Loader) {
 /// store; a wedged loop stops the pings, and systemd restarts the daemon.
 async fn watchdog(app: AppRef, interval: Duration) {
     let every = interval / 2;
-    let poll = app.settings().poll_interval;
-    let tolerance = every.max(poll * 2);
     let mut warned = false;
     loop {
         tokio::time::sleep(every).await;
+        // An idle loop turns once per poll_interval, which a reload may have changed.
+        let tolerance = every.max(app.settings().poll_interval * 2);
         let loop_alive = app.heartbeat.age() <= tolerance;
         let api_alive = matches!(
             tokio::time::timeout(every, api::health(&app)).await,

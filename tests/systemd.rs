@@ -229,6 +229,47 @@ fn sd_notify_watchdog_pings_stop_when_the_reconciler_is_wedged() {
 }
 
 #[test]
+fn ending_a_dead_daemons_leftovers_keeps_the_watchdog_fed() {
+    // A daemon killed mid-create leaves processes that ignore SIGTERM. The next daemon
+    // ends it before its loop first turns, waiting out kill_grace (3 s); the watchdog
+    // (400 ms, so it expects a turn at least every second) must not starve meanwhile.
+    let env = Env::new();
+    env.mode("create", "deaf");
+    let mut d = env.start(&[]);
+    assert_eq!(
+        env.post("/api/clusters", r#"{"name":"orphan","provider":"k3d"}"#)
+            .status,
+        202
+    );
+    eventually(10 * SEC, "the create's children", || {
+        (env.pids("create-orphan").len() >= 4).then_some(())
+    });
+    d.signal(libc::SIGKILL);
+    d.wait_exit(5 * SEC).expect("killed");
+
+    env.mode("create", "ok");
+    let notify = Notifications::bind(env.dir.path());
+    let mut cmd = env.command(&["--kill-grace", "3s"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "400000");
+    let d2 = env.spawn(cmd);
+    let t0 = Instant::now();
+    env.await_state("orphan", "running", 20 * SEC);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2500),
+        "the orphans ignored SIGTERM, so recovery waited out the grace: {:?}",
+        t0.elapsed()
+    );
+    let log = d2.log_text();
+    assert!(!log.contains("not pinging the watchdog"), "{log}");
+    assert!(
+        notify.count("WATCHDOG=1") >= 8,
+        "pings all along: {}",
+        notify.count("WATCHDOG=1")
+    );
+}
+
+#[test]
 fn sighup_reloads_the_configuration_and_refuses_a_bad_one() {
     let env = Env::new();
     let notify = Notifications::bind(env.dir.path());

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppRef, LiveRun};
+use crate::app::{AppRef, Heartbeat, LiveRun};
 use crate::config::Settings;
 use crate::log::{self, ids, Event, Priority};
 use crate::model::{Action, ActualState, DesiredState, RunOutcome};
@@ -115,7 +115,8 @@ impl Reconciler {
 
     /// Runs until `shutdown`, then cancels the running actions and records them.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        self.recover().await;
+        let app = self.app.clone();
+        beating(&app.heartbeat, self.recover()).await;
         self.load_all().await;
         loop {
             self.app.heartbeat.beat();
@@ -562,4 +563,18 @@ mod fault {
 
     #[cfg(not(debug_assertions))]
     pub async fn maybe_wedge() {}
+}
+
+/// Runs `work` while keeping the loop's heartbeat going. Ending a dead daemon's leftovers
+/// waits out `kill_grace` before the loop first turns; that is progress, and the watchdog
+/// must not restart the daemon for it (which would then wait again, and again).
+async fn beating<F: std::future::Future>(heartbeat: &Heartbeat, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => heartbeat.beat(),
+        }
+    }
 }
