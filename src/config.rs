@@ -605,6 +605,33 @@ impl Settings {
                 Span(self.backoff_max)
             )));
         }
+        // The command line checks these ranges itself; a config file's values land here.
+        for (key, value, low, high) in [
+            (
+                "max_concurrent_actions",
+                self.max_concurrent_actions,
+                1,
+                1024,
+            ),
+            (
+                "history_per_cluster",
+                self.history_per_cluster as usize,
+                1,
+                usize::MAX,
+            ),
+            ("output_tail_lines", self.output_tail_lines, 1, 10_000),
+        ] {
+            if !(low..=high).contains(&value) {
+                let range = if high == usize::MAX {
+                    format!("at least {low}")
+                } else {
+                    format!("{low}–{high}")
+                };
+                return Err(ConfigError(format!(
+                    "{key} is {value}; it must be {range}{origin}"
+                )));
+            }
+        }
         for (key, d) in [
             ("action_timeout", self.action_timeout),
             ("resync_interval", self.resync_interval),

@@ -173,6 +173,11 @@ fn the_status_endpoint_serves_what_the_probe_reported() {
         (&"unknown".into(), &"unknown".into()),
         "{s}"
     );
+    assert_eq!(
+        (&s["nodes_ready"], &s["nodes_total"]),
+        (&0.into(), &0.into()),
+        "{s}"
+    );
     env.mode("probe", "ok");
     assert_eq!(env.post("/api/clusters/seen/start", "").status, 202);
     env.await_state("seen", "running", 10 * SEC);

@@ -183,6 +183,19 @@ fn a_bad_config_file_names_the_file_line_and_key() {
         err.contains("line 1") && err.contains("max_concurent_actions"),
         "{err}"
     );
+
+    // Out of range in the file, as on the command line: 0 would make kindler do nothing.
+    std::fs::write(&path, "max_concurrent_actions = 0\n").unwrap();
+    let out = env
+        .command(&["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        err.contains("max_concurrent_actions is 0; it must be 1–1024"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -85,16 +85,17 @@ pub struct ClusterStatus<'a> {
 impl<'a> From<&'a ClusterRecord> for ClusterStatus<'a> {
     fn from(c: &'a ClusterRecord) -> Self {
         // kindler does not talk to Portainer or Argo CD itself; the probe may report them.
-        // What it said holds while the cluster runs; stopped or failed, nobody knows.
-        let add_ons = match c.actual {
-            ActualState::Running => c.add_ons,
-            _ => AddOnStatus::UNKNOWN,
+        // What it said (nodes too) holds while the cluster runs; stopped or failed, nobody
+        // knows, and 0 nodes are ready.
+        let (add_ons, nodes) = match c.actual {
+            ActualState::Running => (c.add_ons, (c.nodes_ready, c.nodes_total)),
+            _ => (AddOnStatus::UNKNOWN, (None, None)),
         };
         ClusterStatus {
             name: c.spec.name.as_str(),
             status: c.actual.as_str(),
-            nodes_ready: c.nodes_ready.unwrap_or(0),
-            nodes_total: c.nodes_total.unwrap_or(0),
+            nodes_ready: nodes.0.unwrap_or(0),
+            nodes_total: nodes.1.unwrap_or(0),
             portainer_status: add_ons.portainer.as_str(),
             argocd_status: add_ons.argocd.as_str(),
             error_message: c.reconcile_error.as_deref(),
