@@ -74,6 +74,11 @@ pub async fn execute(
     let (mut leftovers, mut killed) = (0, 0);
     let mut pgid = None;
     for &step in steps(plan.action) {
+        if cancel.is_cancelled() {
+            // Cancelled between two commands: the next one is not even started.
+            last = Some((Ending::Cancelled(None), step));
+            break;
+        }
         let inv = invocation(&settings, &plan, step);
         let limits = Limits {
             timeout: deadline.saturating_duration_since(Instant::now()),

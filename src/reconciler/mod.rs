@@ -121,9 +121,14 @@ impl Reconciler {
         loop {
             self.app.heartbeat.beat();
             fault::maybe_wedge().await;
+            // A stop that has begun starts nothing new, whatever else woke the loop.
+            if shutdown.is_cancelled() {
+                break;
+            }
             self.dispatch().await;
             let wake_at = self.next_wake();
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = self.app.wake.notified() => self.sync_changes().await,
                 Some(done) = self.done_rx.recv() => self.finish(done).await,
@@ -141,13 +146,21 @@ impl Reconciler {
         self.recover().await;
         self.load_all().await;
         loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
             self.dispatch().await;
             if self.running.is_empty() && self.schedule.is_empty() {
                 break;
             }
+            // The timer matters when an action could not be started (a busy store): it
+            // is rescheduled, and nothing else would wake the pass.
+            let retry_at = self.next_due_with_a_free_slot();
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = self.done_rx.recv() => self.finish(done).await,
+                _ = sleep_until_some(retry_at) => {}
             }
         }
         self.stop_all().await;
@@ -163,14 +176,16 @@ impl Reconciler {
 
     /// The next time the loop must look even if nothing wakes it.
     fn next_wake(&self) -> Instant {
-        let settings = self.app.settings();
-        let mut at = self.next_poll;
-        if self.running.len() < settings.max_concurrent_actions {
-            if let Some(due) = self.schedule.next_due() {
-                at = at.min(due);
-            }
+        match self.next_due_with_a_free_slot() {
+            Some(due) => due.min(self.next_poll),
+            None => self.next_poll,
         }
-        at
+    }
+
+    /// When the next scheduled cluster is due, if an action could start for it then.
+    fn next_due_with_a_free_slot(&self) -> Option<Instant> {
+        let free = self.running.len() < self.app.settings().max_concurrent_actions;
+        free.then(|| self.schedule.next_due()).flatten()
     }
 
     /// Ends what a previous daemon left behind: runs that never recorded an end (it was
@@ -303,8 +318,10 @@ impl Reconciler {
     /// Cancels a running action that no longer moves the cluster toward its declaration.
     async fn cancel_if_redeclared(&mut self, id: i64) {
         let desired = match self.load(id).await {
-            Some(Ok(rec)) => Some(rec.desired),
-            Some(Err(_)) | None => None,
+            Ok(Some(Ok(rec))) => Some(rec.desired),
+            Ok(Some(Err(_)) | None) => None,
+            // Unknown is not "changed": the action carries on.
+            Err(()) => return,
         };
         let Some(running) = self.running.get(&id) else {
             return;
@@ -344,14 +361,13 @@ impl Reconciler {
         }
     }
 
-    async fn load(&self, id: i64) -> Option<clusters::Parsed> {
-        match self.app.store.read(move |c| clusters::by_id(c, id)).await {
-            Ok(row) => row,
-            Err(e) => {
-                log::error(&format!("cannot read cluster row {id}: {e}"));
-                None
-            }
-        }
+    /// A cluster's row: `Ok(None)` when it is gone, `Err` when the store could not say.
+    async fn load(&self, id: i64) -> Result<Option<clusters::Parsed>, ()> {
+        self.app
+            .store
+            .read(move |c| clusters::by_id(c, id))
+            .await
+            .map_err(|e| log::error(&format!("cannot read cluster row {id}: {e}")))
     }
 
     /// Starts actions for due clusters while there is room.
@@ -367,8 +383,14 @@ impl Reconciler {
                 continue;
             }
             let record = match self.load(id).await {
-                None => continue,
-                Some(Err(invalid)) => {
+                Ok(None) => continue,
+                // The store could not be read (busy, or briefly unavailable): look again
+                // soon rather than forget the cluster until it changes.
+                Err(()) => {
+                    self.schedule.set(id, Instant::now() + settings.poll_interval);
+                    continue;
+                }
+                Ok(Some(Err(invalid))) => {
                     if self.ignored.insert(id) {
                         Event::new(Priority::Warning, invalid.to_string())
                             .id(ids::ROW_IGNORED)
@@ -377,7 +399,7 @@ impl Reconciler {
                     }
                     continue;
                 }
-                Some(Ok(record)) => record,
+                Ok(Some(Ok(record))) => record,
             };
             match decide(&record, SystemTime::now(), policy) {
                 Decision::Act(action) => self.start(record, action, settings.clone()).await,
@@ -538,6 +560,14 @@ impl Reconciler {
                 None => break,
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -32,6 +32,8 @@ impl Verdict {
     ) -> Verdict {
         let action = plan.action;
         let (outcome, headline) = match (&f.ending, reason) {
+            // Done is done, even if a stop or a new declaration came just as it ended.
+            (Ending::Exited(e), _) if e.success() => (RunOutcome::Succeeded, None),
             (_, Some(CancelReason::Shutdown)) => (
                 RunOutcome::Interrupted,
                 Some(format!(
@@ -45,7 +47,6 @@ impl Verdict {
                     None => format!("{action} was cancelled: the cluster's row was removed"),
                 }),
             ),
-            (Ending::Exited(e), _) if e.success() => (RunOutcome::Succeeded, None),
             (Ending::Exited(e), _) if f.step != action => (
                 RunOutcome::Failed,
                 Some(format!("{action} finished, but the {} check failed ({e})", f.step)),
