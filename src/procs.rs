@@ -22,10 +22,6 @@ pub struct Target {
     /// been reused by an unrelated group).
     pub pgid: Option<i32>,
     pub tag: String,
-    /// The group leader's start time (clock ticks since boot): processes older than the
-    /// run cannot carry its tag, so their environment is not read. That keeps a scan to a
-    /// few reads of `/proc/PID/stat` on a host with hundreds of processes.
-    born_after: Option<u64>,
 }
 
 impl Target {
@@ -35,17 +31,12 @@ impl Target {
         Target {
             pgid: Some(leader),
             tag,
-            born_after: stat(leader).map(|s| s.start),
         }
     }
 
     /// The processes carrying `tag`, wherever they are (a dead daemon's leftovers).
     pub fn of_tag(tag: String) -> Self {
-        Target {
-            pgid: None,
-            tag,
-            born_after: None,
-        }
+        Target { pgid: None, tag }
     }
 
     /// Live (non-zombie) processes of the target, not counting this daemon.
@@ -73,8 +64,7 @@ impl Target {
             if st.state == 'Z' || st.state == 'X' {
                 continue;
             }
-            let may_carry_tag = self.born_after.map_or(true, |born| st.start >= born);
-            if Some(st.pgrp) == self.pgid || (may_carry_tag && has_env(pid, needle.as_bytes())) {
+            if Some(st.pgrp) == self.pgid || has_env(pid, needle.as_bytes()) {
                 found.push(pid);
             }
         }
@@ -129,20 +119,17 @@ impl Target {
 struct ProcStat {
     state: char,
     pgrp: i32,
-    /// Clock ticks after boot at which the process started.
-    start: u64,
 }
 
 fn stat(pid: i32) -> Option<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may itself contain ") ", so split at the last.
-    // What follows starts with field 3 (state); pgrp is field 5, starttime field 22.
-    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split(' ').collect();
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-    })
+    // What follows starts with field 3 (state); pgrp is field 5.
+    let mut fields = text[text.rfind(')')? + 2..].split(' ');
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(ProcStat { state, pgrp })
 }
 
 fn has_env(pid: i32, needle: &[u8]) -> bool {

@@ -387,7 +387,8 @@ impl Reconciler {
                 // The store could not be read (busy, or briefly unavailable): look again
                 // soon rather than forget the cluster until it changes.
                 Err(()) => {
-                    self.schedule.set(id, Instant::now() + settings.poll_interval);
+                    self.schedule
+                        .set(id, Instant::now() + settings.poll_interval);
                     continue;
                 }
                 Ok(Some(Err(invalid))) => {
