@@ -510,3 +510,26 @@ fn requests_another_site_sends_through_the_browser_are_refused() {
         403
     );
 }
+
+#[test]
+fn a_task_id_that_reads_two_ways_follows_the_newest_declaration() {
+    // `reconcile-delete-dev` is the create of a cluster named delete-dev, or the delete
+    // of dev.
+    let env = Env::new();
+    let _d = env.start(&[]);
+    let post = |body: &str| assert_eq!(env.post("/api/clusters", body).status, 202);
+    post(r#"{"name":"dev","provider":"k3d"}"#);
+    env.await_state("dev", "running", 10 * SEC);
+    post(r#"{"name":"delete-dev","provider":"k3d","pf_port":19500}"#);
+    env.await_state("delete-dev", "running", 10 * SEC);
+    let task = env.get("/api/tasks/reconcile-delete-dev").json();
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["message"], "Cluster delete-dev created", "{task}");
+
+    let r = env.request("DELETE", "/api/clusters/dev", None);
+    assert_eq!(r.json()["task_id"], "reconcile-delete-dev");
+    env.await_gone("dev", 10 * SEC);
+    let task = env.get("/api/tasks/reconcile-delete-dev").json();
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["message"], "Cluster dev deleted", "{task}");
+}

@@ -93,7 +93,37 @@ fn readings(task_id: &str) -> Vec<(TaskKind, ClusterName)> {
     found
 }
 
+/// One reading of a task id, with what the store knows about it.
+struct Reading {
+    kind: TaskKind,
+    name: ClusterName,
+    row: Option<ClusterRecord>,
+    run: Option<RunRecord>,
+}
+
+impl Reading {
+    /// The declaration this reading stands for is the one in force (a cluster whose row
+    /// is gone is absent, as its delete declared).
+    fn in_force(&self) -> bool {
+        match &self.row {
+            Some(r) => r.desired == self.kind.goal(),
+            None => self.kind == TaskKind::Delete,
+        }
+    }
+
+    /// When this reading's declaration was last acted on or made (text timestamps sort).
+    fn latest(&self) -> Option<&str> {
+        let run = self.run.as_ref().map(|r| r.started_at.as_str());
+        let declared = self.row.as_ref().and_then(|r| match self.kind {
+            TaskKind::Create => r.created_at.as_deref(),
+            _ => r.updated_at.as_deref(),
+        });
+        run.max(declared)
+    }
+}
+
 pub fn status(conn: &Connection, app: &AppRef, task_id: &str) -> StoreResult<Option<TaskStatus>> {
+    let mut found = Vec::new();
     for (kind, name) in readings(task_id) {
         let row = match clusters::by_name(conn, &name)? {
             Some(Ok(row)) => Some(row),
@@ -103,19 +133,31 @@ pub fn status(conn: &Connection, app: &AppRef, task_id: &str) -> StoreResult<Opt
             Some(r) => runs::latest_for_cluster(conn, r.id, &[kind.action()])?,
             None => runs::latest_for_name(conn, name.as_str(), &[kind.action()])?,
         };
-        if row.is_none() && run.is_none() {
-            continue;
+        if row.is_some() || run.is_some() {
+            found.push(Reading {
+                kind,
+                name,
+                row,
+                run,
+            });
         }
-        return Ok(Some(describe(
+    }
+    // `reconcile-delete-dev` is the delete of dev or the create of delete-dev: the
+    // reading whose declaration is in force wins, then the more recent one.
+    let best = found
+        .into_iter()
+        .rev()
+        .max_by(|a, b| (a.in_force(), a.latest()).cmp(&(b.in_force(), b.latest())));
+    Ok(best.map(|r| {
+        describe(
             app,
             task_id,
-            kind,
-            &name,
-            row.as_ref(),
-            run.as_ref(),
-        )));
-    }
-    Ok(None)
+            r.kind,
+            &r.name,
+            r.row.as_ref(),
+            r.run.as_ref(),
+        )
+    }))
 }
 
 fn describe(
@@ -170,6 +212,7 @@ fn describe(
                 row.desired
             ));
             task.message = task.error.clone().unwrap_or_default();
+            task.completed_at = task.updated_at.clone();
             return task;
         }
         if wanted && (run.is_none() || older) {
