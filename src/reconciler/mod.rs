@@ -527,15 +527,23 @@ impl Reconciler {
                 .write(move |tx| record_end(tx, &plan, &finished, &verdict, keep, backoff))
                 .await
         };
-        match recorded {
-            Ok(end) => log_end(&plan, &finished, &verdict, &end),
-            Err(e) => log::error(&format!(
-                "cannot record the end of run {} ({} of {}): {e}",
-                plan.run_id, plan.action, plan.record.spec.name
-            )),
-        }
+        // When the end could not be recorded (a full disk), the row does not carry the
+        // backoff either: wait here, or a failing script would be rerun at once, forever.
+        let next_look = match recorded {
+            Ok(end) => {
+                log_end(&plan, &finished, &verdict, &end);
+                Instant::now()
+            }
+            Err(e) => {
+                log::error(&format!(
+                    "cannot record the end of run {} ({} of {}): {e}",
+                    plan.run_id, plan.action, plan.record.spec.name
+                ));
+                Instant::now() + settings.backoff_initial
+            }
+        };
         match self.mode {
-            Mode::Daemon => self.schedule.soon(id, Instant::now()),
+            Mode::Daemon => self.schedule.soon(id, next_look),
             Mode::OnePass => match verdict.outcome {
                 RunOutcome::Succeeded => self.report.succeeded += 1,
                 _ => self.report.failed += 1,
