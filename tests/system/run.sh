@@ -395,6 +395,22 @@ check "GET /api/health answers 200 on the unix socket /run/kindler/api.sock" \
     test "$code $(jget 'd["status"]' <"$work/unix-health.json")" = "200 healthy"
 check "/run/kindler/api.sock is kindler:kindler 660" \
     test "$(C stat -c '%U:%G %a' /run/kindler/api.sock)" = "kindler:kindler 660"
+# As a member of group kindler, and as somebody who is not (perl-base can speak to a
+# unix socket; the container has no curl).
+C useradd -M -G kindler kindler-friend
+C useradd -M kindler-stranger
+unix_get_as() {
+    C setpriv --reuid "$1" --regid "$1" --init-groups perl -MIO::Socket::UNIX -e '
+        my $s = IO::Socket::UNIX->new(Peer => "/run/kindler/api.sock") or die "connect: $!\n";
+        print $s "GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        my $line = <$s>; print $line;' 2>&1
+}
+friend=$(unix_get_as kindler-friend)
+check "a member of group kindler gets 200 on /run/kindler/api.sock (${friend%%$'\r'*})" \
+    test "${friend:9:3}" = 200
+stranger=$(unix_get_as kindler-stranger)
+check "a user outside group kindler is refused (${stranger%%$'\n'*})" \
+    test "$stranger" = "connect: Permission denied"
 
 # 8 (while installed and untouched by drop-ins). ------------------------------------------------
 C systemd-analyze security --no-pager kindler.service >"$work/security.txt" 2>&1
