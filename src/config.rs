@@ -657,6 +657,9 @@ impl Settings {
         if self.listen_unix != new.listen_unix {
             changed.push("listen_unix");
         }
+        if self.log_target != new.log_target {
+            changed.push("log_target");
+        }
         changed
     }
 }

@@ -3,12 +3,18 @@
 # processes, sockets and journald), the package's system test inside a real systemd booted
 # in a container, and a smoke run of the benchmarks.
 #
-# Run it from anywhere in the checkout. As root it installs the Debian packages the tests
-# use when they are missing; the system test needs root (it uses sudo when available).
+# Run it as root from anywhere in the checkout: it installs the Debian packages the tests
+# use when they are missing, starts a journald, and boots a container.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# The suite installs Debian packages, starts a journald and boots a container: root only.
+if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run-all.sh needs root (it installs packages, starts a journald and boots a container)" >&2
+    exit 1
+fi
 
 # Debian packages the tests use, by the command that shows they are there.
 declare -A needs=(
@@ -29,14 +35,9 @@ for cmd in "${!needs[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-    if [ "$(id -u)" -eq 0 ]; then
-        step "installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    else
-        echo "missing packages: ${missing[*]} (run as root to install them, or apt-get install them)" >&2
-        exit 1
-    fi
+    step "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 step "cargo fmt --check"
@@ -49,14 +50,7 @@ step "cargo test"
 cargo test --quiet -- --test-threads="${KINDLER_TEST_THREADS:-4}"
 
 step "system test: the .deb inside a booted systemd"
-if [ "$(id -u)" -eq 0 ]; then
-    tests/system/run.sh
-elif command -v sudo >/dev/null 2>&1; then
-    sudo tests/system/run.sh
-else
-    echo "the system test needs root (or sudo)" >&2
-    exit 1
-fi
+tests/system/run.sh
 
 step "benchmarks (smoke)"
 bench/run.sh --quick
