@@ -4,7 +4,7 @@
 set -euo pipefail
 
 say() { printf '%s\n' "$*"; }
-die() { printf 'kindler: %s\n' "$*" >&2; exit "${2:-1}"; }
+die() { printf 'kindler: %s\n' "$1" >&2; exit "${2:-1}"; }
 
 # Fails with a clear message when a tool the action needs is missing.
 need() {
