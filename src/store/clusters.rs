@@ -282,15 +282,13 @@ pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
     let now = time::now_text();
     // The change number is taken here rather than by the insert trigger, which would
     // rewrite the new row right after inserting it.
-    tx.prepare_cached("UPDATE change_counter SET value = value + 1")?
-        .execute([])?;
     tx.prepare_cached(
         "INSERT INTO clusters (name, provider, subnet, node_port, pf_port, http_port, https_port,
                                register_portainer, haproxy_route, register_argocd,
                                status, desired_state, actual_state, created_at, updated_at,
                                last_transition_at, change_seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11,
-                 (SELECT value FROM change_counter))",
+                 (SELECT value FROM next_change_seq))",
     )?
     .execute(params![
         spec.name.as_str(),
@@ -334,7 +332,7 @@ pub fn changed_since(conn: &Connection, after: i64) -> StoreResult<Vec<(i64, i64
 
 /// The newest change number handed out (the feed's numbers only grow).
 pub fn max_change_seq(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row("SELECT value FROM change_counter", [], |r| r.get(0))?)
+    Ok(conn.query_row("SELECT value - 1 FROM next_change_seq", [], |r| r.get(0))?)
 }
 
 /// An action begins: the cluster enters the action's in-progress state.
