@@ -25,6 +25,10 @@ fn health_config_and_list_shapes() {
     assert_eq!(h["status"], "healthy");
     assert_eq!(h["service"], "kindler");
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+    // HEAD, as monitors send it: the same status, no body.
+    let head = "HEAD /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let r = send_raw(env.port, head.as_bytes(), 5 * SEC).unwrap();
+    assert_eq!((r.status, r.text.as_str()), (200, ""));
 
     let c = env.get("/api/config").json();
     assert_eq!(c["providers"], serde_json::json!(["kind", "k3d"]));

@@ -33,7 +33,11 @@ pub async fn handle(app: AppRef, req: Request<Incoming>) -> Reply {
 async fn route(app: AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let method = req.method().clone();
+    // HEAD is GET without the body (hyper leaves the body out), as monitors expect.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
     if method != Method::GET || segments == ["ws", "tasks"] {
         refuse_cross_site(&req)?;
     }
