@@ -197,7 +197,8 @@ fi
 if [ -z "$shlibs" ]; then
     shlibs="libc6 (>= 2.34), libgcc-s1 (>= 4.2)"
 fi
-depends="$shlibs, systemd"
+# passwd: usermod, userdel and groupdel in the maintainer scripts (not Essential).
+depends="$shlibs, systemd, passwd"
 
 # Installed-Size as dpkg-gencontrol counts it: KiB per file rounded up, 1 per dir/link.
 installed_size=$(cd "$root" && find . -path ./DEBIAN -prune -o \( -type f -printf '%s\n' \) -o \( ! -name . -printf '1024\n' \) \
