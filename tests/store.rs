@@ -235,7 +235,9 @@ fn rows_other_tools_write_with_odd_types_do_not_break_the_api() {
     env.sqlite(
         "INSERT INTO clusters (name, provider, pf_port, register_argocd, created_at)
               VALUES ('odd', 'k3d', '', 'false', strftime('%s', 'now'));
-         INSERT INTO clusters (name, provider, node_port) VALUES ('broken', 'kind', 'abc');",
+         INSERT INTO clusters (name, provider, node_port) VALUES ('broken', 'kind', 'abc');
+         INSERT INTO clusters (name, provider, pf_port, updated_at, last_reconciled_at)
+              VALUES ('wild', 'kind', 19400, 1e300, 1764129600000000);",
     );
     let odd = env.await_state("odd", "running", 10 * SEC);
     assert_eq!(odd["pf_port"], 19000, "an empty port is the default: {odd}");
@@ -260,7 +262,13 @@ fn rows_other_tools_write_with_odd_types_do_not_break_the_api() {
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(names, ["odd"]);
+    assert_eq!(names, ["wild", "odd"]);
+    // Numbers that are no time (1e300, microseconds) are shown as they are.
+    let wild = env.await_state("wild", "running", 10 * SEC);
+    assert!(
+        wild["created_at"].as_str().unwrap().ends_with('Z'),
+        "{wild}"
+    );
     assert_eq!(env.get("/api/health").status, 200);
     assert!(env.starts("create", "broken").is_empty());
     assert_eq!(

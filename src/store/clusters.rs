@@ -98,6 +98,7 @@ fn text_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
 }
 
 /// A timestamp column: SQLite's text form, or Unix seconds as `strftime('%s')` writes them.
+/// A number that is no such time is passed on as text (the API shows it as it is).
 fn timestamp_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
     use rusqlite::types::ValueRef;
     let seconds = match row.get_ref(idx)? {
@@ -105,9 +106,10 @@ fn timestamp_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
         ValueRef::Real(f) => f,
         _ => return text_of(row, idx),
     };
-    Ok(Some(time::text(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(seconds.max(0.0)),
-    )))
+    match time::text_of_unix_seconds(seconds) {
+        Some(text) => Ok(Some(text)),
+        None => text_of(row, idx),
+    }
 }
 
 /// A boolean column: 0/1 as kindler writes it, or `true`/`false` as a script might.

@@ -16,6 +16,18 @@ pub fn text(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).format(FORMAT).to_string()
 }
 
+/// Unix seconds (as `strftime('%s')` writes them) in the stored text form; `None` for a
+/// number that is not a time between 1970 and 9999 (milliseconds, say, or 1e300).
+pub fn text_of_unix_seconds(seconds: f64) -> Option<String> {
+    if !(0.0..253_402_300_800.0).contains(&seconds) {
+        return None;
+    }
+    let whole = seconds.trunc();
+    let nanos = ((seconds - whole) * 1e9) as u32;
+    let t = DateTime::<Utc>::from_timestamp(whole as i64, nanos)?;
+    Some(t.format(FORMAT).to_string())
+}
+
 /// Reads a stored timestamp, with or without fractions, `T` or a trailing `Z`.
 pub fn parse(s: &str) -> Option<SystemTime> {
     let s = s.trim().trim_end_matches('Z').replace('T', " ");
@@ -74,6 +86,17 @@ fn iso_of_stored_form(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_seconds_within_reason_only() {
+        assert_eq!(
+            text_of_unix_seconds(1_764_129_600.5).as_deref(),
+            Some("2025-11-26 04:00:00.500")
+        );
+        for nonsense in [1e300, -1.0, 1_764_129_600_000_000.0, f64::NAN] {
+            assert_eq!(text_of_unix_seconds(nonsense), None, "{nonsense}");
+        }
+    }
 
     #[test]
     fn stored_text_round_trips_and_reads_legacy_values() {
