@@ -277,3 +277,47 @@ fn rows_other_tools_write_with_odd_types_do_not_break_the_api() {
         "nothing stored is lost"
     );
 }
+
+#[test]
+fn a_database_kindler_may_not_write_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let migrate = |env: &Env| {
+        std::process::Command::new(common::BIN)
+            .args(["migrate", "--database", env.db().to_str().unwrap()])
+            .env("KINDLER_CONFIG", "/dev/null")
+            .output()
+            .unwrap()
+    };
+    assert!(migrate(&env).status.success());
+    // `migrate` does not change the schema under a running daemon.
+    let d = env.start(&[]);
+    let out = migrate(&env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another kindler is already working"));
+    drop(d);
+
+    // Owned by root, 0444, and kindler runs as nobody: SQLite would open it read-only.
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let db = dir.path().join("kindler.db");
+    std::fs::copy(env.db(), &db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "serve",
+            "--database",
+            db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("KINDLER_CONFIG", "/dev/null")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the database is read-only"), "{err}");
+}

@@ -83,6 +83,14 @@ impl Store {
         )?;
         // Small pages for a new file (an existing one keeps its own): rows are small and
         // are updated one at a time, and every changed page is written whole to the log.
+        // SQLite opens a file it may not write read-only, without a word; kindler would then
+        // answer reads and fail every declaration.
+        if writer.is_readonly("main")? {
+            return Err(StoreError::Unavailable(
+                "the database is read-only (check the permissions of the file and its directory)"
+                    .into(),
+            ));
+        }
         writer.pragma_update(None, "page_size", 1024)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         let applied = migrate::run(&mut writer)?;
