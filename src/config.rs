@@ -297,7 +297,7 @@ pub struct SettingArgs {
     )]
     pub poll_interval: Span,
 
-    /// Reconcile runs kept in the history per cluster.
+    /// Reconcile runs kept in the history per cluster and action (create, probe, ...).
     #[arg(long, env = "KINDLER_HISTORY_PER_CLUSTER", default_value = "50", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub history_per_cluster: u32,

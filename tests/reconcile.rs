@@ -628,3 +628,34 @@ fn a_process_a_script_daemonizes_on_purpose_is_left_running() {
     assert!(!alive(pids[0]));
     unsafe { libc::kill(helper, libc::SIGKILL) };
 }
+
+#[test]
+fn history_is_kept_per_action_so_probes_do_not_push_out_the_create() {
+    let env = Env::new();
+    let _d = env.start(&["--history-per-cluster", "2", "--resync-interval", "100ms"]);
+    declare(&env, "kept", "k3d");
+    env.await_state("kept", "running", 10 * SEC);
+    // The create ends with a probe of its own; resyncs add one run each.
+    eventually(10 * SEC, "five resync probes", || {
+        (env.starts("probe", "kept").len() >= 6).then_some(())
+    });
+    let history = env.get("/api/clusters/kept/history").json();
+    // Pruning happens as a run ends, so a probe running now comes on top.
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["ended_at"].is_string())
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "create").count(),
+        1,
+        "{actions:?}"
+    );
+    let probes = actions.iter().filter(|a| **a == "probe").count();
+    assert!(
+        (1..=2).contains(&probes),
+        "at most 2 ended probes kept: {actions:?}"
+    );
+}

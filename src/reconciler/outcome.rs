@@ -118,7 +118,7 @@ pub(super) fn record_end(
             pgid: f.pgid,
         },
     )?;
-    runs::prune_cluster(tx, id, keep)?;
+    runs::prune_cluster(tx, id, plan.action, keep)?;
     let current = match clusters::by_id(tx, id)? {
         Some(Ok(c)) => c,
         _ => return Ok(EndRecord::default()),

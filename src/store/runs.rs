@@ -201,14 +201,22 @@ pub fn mark_interrupted(tx: &Transaction, run_id: i64, error: &str) -> StoreResu
     Ok(())
 }
 
-/// Keeps the newest `keep` runs of a cluster.
-pub fn prune_cluster(tx: &Transaction, cluster_id: i64, keep: u32) -> StoreResult<usize> {
+/// Keeps the newest `keep` runs of each action of a cluster. Counted per action, so that the
+/// probes of every resync do not push the create, with its output, out of the history.
+pub fn prune_cluster(
+    tx: &Transaction,
+    cluster_id: i64,
+    action: Action,
+    keep: u32,
+) -> StoreResult<usize> {
     Ok(tx
         .prepare_cached(
-            "DELETE FROM reconcile_runs WHERE cluster_id = ?1 AND ended_at IS NOT NULL AND id NOT IN
-               (SELECT id FROM reconcile_runs WHERE cluster_id = ?1 ORDER BY id DESC LIMIT ?2)",
+            "DELETE FROM reconcile_runs
+              WHERE cluster_id = ?1 AND action = ?2 AND ended_at IS NOT NULL AND id NOT IN
+                    (SELECT id FROM reconcile_runs WHERE cluster_id = ?1 AND action = ?2
+                      ORDER BY id DESC LIMIT ?3)",
         )?
-        .execute(params![cluster_id, keep])?)
+        .execute(params![cluster_id, action.as_str(), keep])?)
 }
 
 /// Drops runs that ended longer than `max_age` ago (run now and then, not per action).
