@@ -321,3 +321,30 @@ fn a_database_kindler_may_not_write_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("the database is read-only"), "{err}");
 }
+
+#[test]
+fn an_old_table_missing_columns_is_completed_or_refused_untouched() {
+    let env = Env::new();
+    // Hand-built by some tool: no subnet, no ports, no timestamps, no state.
+    env.sqlite(
+        "CREATE TABLE clusters (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+                                provider TEXT NOT NULL, status TEXT);
+         INSERT INTO clusters (name, provider) VALUES ('bare', 'kind');",
+    );
+    let _d = env.start(&[]);
+    let bare = env.await_state("bare", "running", 10 * SEC);
+    assert_eq!(bare["pf_port"], 19000, "{bare}");
+    drop(_d);
+
+    // Without a name column there is nothing to adopt: refused, nothing changed.
+    let other = Env::new();
+    other.sqlite("CREATE TABLE clusters (id INTEGER PRIMARY KEY, title TEXT)");
+    let out = other.command(&[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("has no column name"), "{err}");
+    assert_eq!(
+        other.sqlite("SELECT group_concat(name) FROM sqlite_master"),
+        "clusters"
+    );
+}

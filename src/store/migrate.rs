@@ -45,9 +45,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// The state columns of `clusters` that the oldest files do not have, with their types as
-/// the old backend declared them.
-const LEGACY_STATE_COLUMNS: &[(&str, &str)] = &[
+/// The columns of the old `clusters` table that can be added when a file lacks them, with
+/// their types as the old backend declared them. The oldest files lack the five state
+/// columns; a file some tool built by hand may lack others.
+const LEGACY_OPTIONAL_COLUMNS: &[(&str, &str)] = &[
+    ("subnet", "TEXT"),
+    ("node_port", "INTEGER"),
+    ("pf_port", "INTEGER"),
+    ("http_port", "INTEGER"),
+    ("https_port", "INTEGER"),
+    ("server_ip", "TEXT"),
+    ("created_at", "TIMESTAMP"),
+    ("updated_at", "TIMESTAMP"),
     ("status", "TEXT DEFAULT 'unknown'"),
     ("desired_state", "TEXT DEFAULT 'present'"),
     ("actual_state", "TEXT DEFAULT 'unknown'"),
@@ -100,7 +109,17 @@ fn adopt_legacy(tx: &Transaction) -> StoreResult<()> {
     // Creates whatever legacy table is missing (an old file may have only `clusters`).
     tx.execute_batch(MIGRATIONS[0].2)?;
     let present = columns(tx, "clusters")?;
-    for (column, decl) in LEGACY_STATE_COLUMNS {
+    // Without these kindler cannot tell one cluster from another: refuse, untouched.
+    for required in ["id", "name", "provider"] {
+        if !present.iter().any(|c| c == required) {
+            return Err(StoreError::Unavailable(format!(
+                "the existing clusters table has no column {required}; kindler cannot adopt it \
+                 (columns: {})",
+                present.join(", ")
+            )));
+        }
+    }
+    for (column, decl) in LEGACY_OPTIONAL_COLUMNS {
         if !present.iter().any(|c| c == column) {
             tx.execute_batch(&format!("ALTER TABLE clusters ADD COLUMN {column} {decl}"))?;
         }
