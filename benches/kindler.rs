@@ -23,6 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[path = "../tests/common/activation.rs"]
 mod activation;
+#[path = "../tests/common/process.rs"]
+mod process;
+use process::alive;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kindler");
 
@@ -960,19 +963,6 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Res<ExitStatus> {
 
 fn signal(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
-}
-
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.trim().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
 }
 
 /// systemd's NOTIFY_SOCKET, played by a datagram socket here; messages with arrival times.

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 mod activation;
+mod process;
 pub use activation::pass_socket;
+pub use process::alive;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -372,20 +374,6 @@ pub fn wait_for_file_text(path: &Path, needle: &str, timeout: Duration) -> Resul
             return Err(text);
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-pub fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purposes.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.trim().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
     }
 }
 
