@@ -23,8 +23,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[path = "../tests/common/activation.rs"]
 mod activation;
+#[path = "../tests/common/notify.rs"]
+mod notify;
 #[path = "../tests/common/process.rs"]
 mod process;
+use notify::Notifications;
 use process::alive;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kindler");
@@ -838,7 +841,7 @@ impl Ctx {
     fn daemon(&self, dir: &Path, db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Res<Daemon> {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        let notify = Notify::bind(dir)?;
+        let notify = Notifications::try_bind(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let log = dir.join("daemon.log");
         let mut cmd = Command::new(bin());
         cmd.args(self.base_args(db)).args(extra);
@@ -963,37 +966,6 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Res<ExitStatus> {
 
 fn signal(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
-}
-
-/// systemd's NOTIFY_SOCKET, played by a datagram socket here; messages with arrival times.
-struct Notify {
-    path: PathBuf,
-    messages: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl Notify {
-    fn bind(dir: &Path) -> Res<Notify> {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while let Ok(n) = sock.recv(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap().push((Instant::now(), text));
-            }
-        });
-        Ok(Notify { path, messages })
-    }
-
-    fn first(&self, line: &str) -> Option<Instant> {
-        let messages = self.messages.lock().unwrap();
-        messages
-            .iter()
-            .find(|(_, m)| m.lines().any(|l| l == line))
-            .map(|(at, _)| *at)
-    }
 }
 
 /// A stand-in's report of its start.

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 mod activation;
+mod notify;
 mod process;
 pub use activation::pass_socket;
+pub use notify::Notifications;
 pub use process::alive;
 
 use std::collections::HashMap;
@@ -442,43 +444,9 @@ fn parse_response(buf: &[u8]) -> std::io::Result<Response> {
     })
 }
 
-/// A unix datagram socket standing in for systemd's NOTIFY_SOCKET; every message the
-/// daemon sends is kept with the time it arrived.
-pub struct Notifications {
-    pub path: PathBuf,
-    messages: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
-}
-
 impl Notifications {
     pub fn bind(dir: &Path) -> Notifications {
-        let path = dir.join("notify.sock");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
-        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while let Ok(n) = sock.recv(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap().push((Instant::now(), text));
-            }
-        });
-        Notifications { path, messages }
-    }
-
-    pub fn all(&self) -> Vec<(Instant, String)> {
-        self.messages.lock().unwrap().clone()
-    }
-
-    /// Assignments (`KEY=value`) received, in order, with their arrival times.
-    pub fn assignments(&self) -> Vec<(Instant, String)> {
-        self.all()
-            .into_iter()
-            .flat_map(|(t, m)| m.lines().map(|l| (t, l.to_owned())).collect::<Vec<_>>())
-            .collect()
-    }
-
-    pub fn count(&self, line: &str) -> usize {
-        self.assignments().iter().filter(|(_, l)| l == line).count()
+        Notifications::try_bind(dir).expect("bind notify socket")
     }
 
     /// Waits for a message line satisfying `pred`, received at or after index `from`
