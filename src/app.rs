@@ -12,9 +12,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::health::{Cause, Health};
 use crate::output::Tail;
 use crate::procs::Target;
-use crate::store::Store;
+use crate::store::{Store, StoreError, StoreResult};
 
 pub type AppRef = Arc<App>;
 
@@ -31,6 +32,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Rendered API answers, current while the store's epoch has not moved.
     pub responses: ResponseCache,
+    /// What keeps kindler from acting on declarations, if anything.
+    pub health: Health,
+    /// Clusters to look at now besides those of the change feed (a forgotten row).
+    nudged: Mutex<Vec<i64>>,
 }
 
 #[derive(Clone)]
@@ -49,7 +54,33 @@ impl App {
             heartbeat: Heartbeat::new(),
             shutdown: CancellationToken::new(),
             responses: ResponseCache::default(),
+            health: Health::default(),
+            nudged: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Asks the reconciler to look at cluster `id` now.
+    pub fn nudge(&self, id: i64) {
+        self.nudged.lock().unwrap().push(id);
+        self.wake.notify_one();
+    }
+
+    pub fn take_nudged(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.nudged.lock().unwrap())
+    }
+
+    /// Reports a write's outcome to health: a failed write means declarations may not be
+    /// stored or acted on; the next write that succeeds ends that.
+    pub fn note_write<T>(&self, result: &StoreResult<T>, what: &str) {
+        match result {
+            Ok(_) => self.health.resolve(Cause::StoreWrites),
+            Err(e @ StoreError::FileReplaced(_)) => {
+                self.health.report(Cause::DatabaseFile, e.to_string())
+            }
+            Err(e) => self
+                .health
+                .report(Cause::StoreWrites, format!("{what} failed: {e}")),
+        }
     }
 
     pub fn settings(&self) -> Arc<Settings> {

@@ -129,11 +129,12 @@ pub async fn serve(
     if let Err(e) = api::health(&app).await {
         return Err(Fatal::new(1, format!("the store cannot be read: {e}")));
     }
-    let status = match app.store.read(clusters::summary).await {
+    let summary = match app.store.read(clusters::summary).await {
         Ok(s) => systemd::status_line(&s, std::time::SystemTime::now()),
         Err(_) => "ready".into(),
     };
-    systemd::ready(&status);
+    app.health.set_summary(summary);
+    systemd::ready(&app.health.status_line());
     Event::new(
         Priority::Notice,
         format!(
@@ -251,13 +252,7 @@ async fn reload(app: &AppRef, loader: &Loader) {
     Event::new(Priority::Notice, "configuration reloaded")
         .id(ids::CONFIG_RELOADED)
         .emit();
-    let status = app
-        .store
-        .read(clusters::summary)
-        .await
-        .map(|s| systemd::status_line(&s, std::time::SystemTime::now()))
-        .unwrap_or_else(|_| "ready".into());
-    systemd::ready(&status);
+    systemd::ready(&app.health.status_line());
 }
 
 /// Pings systemd's watchdog while the reconciler loop turns and the API reaches the

@@ -32,6 +32,10 @@ pub mod ids {
     pub const SCRIPT_OUTPUT: &str = "798ce792c45b48f4baa179a34bd51a4c";
     pub const CLUSTER_DECLARED: &str = "664c2109974e4b8291e18ac5c409d8e1";
     pub const ROW_IGNORED: &str = "c5c62a3a6c684cd0bd60eab0bad800fb";
+    pub const ROW_RENUMBERED: &str = "727de53ebe494ccb803a13e2607f1a89";
+    pub const DEGRADED: &str = "7d913e9ab9a34967a077369ef7265eea";
+    pub const RECOVERED: &str = "261c896e197442ac90a1141d0df2c849";
+    pub const CLUSTER_FORGOTTEN: &str = "a4bb035218744bfa960f0f3cc5f9a372";
 }
 
 /// syslog priorities, as journald stores them.

@@ -5,6 +5,7 @@ mod api;
 mod app;
 mod config;
 mod daemon;
+mod health;
 mod log;
 mod model;
 mod output;

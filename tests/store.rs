@@ -102,7 +102,7 @@ fn the_oldest_layout_is_upgraded_with_its_rows_kept_and_reconciled() {
     env.await_state("uat", "running", 10 * SEC);
     assert_eq!(
         env.sqlite("SELECT group_concat(version) FROM schema_migrations"),
-        "1,2,3,4,5"
+        "1,2,3,4,5,6"
     );
     assert_eq!(
         env.sqlite("SELECT COUNT(*) FROM operations"),
@@ -139,7 +139,7 @@ fn the_newer_layout_keeps_its_states_and_a_second_start_changes_nothing() {
     let _d = env.start(&[]);
     assert_eq!(
         env.sqlite("SELECT group_concat(version) FROM schema_migrations"),
-        "1,2,3,4,5"
+        "1,2,3,4,5,6"
     );
     assert_eq!(env.sqlite("SELECT COUNT(*) FROM clusters"), "2");
 }

@@ -165,8 +165,9 @@ fn sd_notify_ready_status_stopping() {
         |l| l.starts_with("STATUS=2 clusters: 1 running, 1 failed; next retry: bad in"),
     );
 
-    // A script is running when the stop begins: kindler asks for its grace (1 s here)
-    // plus a margin on top of the unit's stop timeout.
+    // A script is running when the stop begins: kindler asks for its grace (1 s here),
+    // the time it keeps trying to record the run's end (3 s) and a margin (5 s) on top of
+    // the unit's stop timeout.
     env.mode("create-slow", "hang");
     let body = r#"{"name":"slow","provider":"k3d","pf_port":19602}"#;
     assert_eq!(env.post("/api/clusters", body).status, 202);
@@ -175,7 +176,7 @@ fn sd_notify_ready_status_stopping() {
     d.signal(libc::SIGTERM);
     let stopping = notify.await_line(before, 5 * SEC, "STOPPING=1", |l| l == "STOPPING=1");
     notify.await_line(stopping, 5 * SEC, "EXTEND_TIMEOUT_USEC", |l| {
-        l == "EXTEND_TIMEOUT_USEC=6000000"
+        l == "EXTEND_TIMEOUT_USEC=9000000"
     });
     assert!(d.wait_exit(5 * SEC).expect("exits").success());
 }

@@ -60,9 +60,10 @@ pub enum ApiError {
     Timeout(std::time::Duration),
 }
 
+/// The store's failures reach clients as 503 with the reason; they are reported (once per
+/// cause) by health, where the failing write is noted, not here per request.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        crate::log::error(&format!("API request failed: {e}"));
         ApiError::Unavailable(e.to_string())
     }
 }

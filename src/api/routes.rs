@@ -9,12 +9,14 @@ use hyper::{Method, Request, StatusCode};
 use super::create;
 use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
 use super::tasks::{self, TaskKind};
-use super::views::{ClusterInfo, ClusterStatus, ConfigView, Health, RunView, TaskCreate};
+use super::views::{
+    ClusterInfo, ClusterStatus, ConfigView, Health, ProblemView, RunView, TaskCreate,
+};
 use crate::app::AppRef;
 use crate::log::{ids, Event, Priority};
 use crate::model::{ClusterName, DesiredState};
 use crate::store::clusters::{self, ClusterRecord};
-use crate::store::runs;
+use crate::store::{runs, time};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -22,6 +24,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Runs shown by the history endpoint.
 const HISTORY_LIMIT: u32 = 50;
+/// A reconciler that has not turned for this long (plus two poll intervals) is stuck.
+const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn handle(app: AppRef, req: Request<Incoming>) -> Reply {
     match route(app, req).await {
@@ -79,6 +83,10 @@ async fn route(app: AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
         ["api", "clusters", name, "stop"] => {
             only(&method, &Method::POST, "POST")?;
             power(&app, path_name(name)?, TaskKind::Stop).await
+        }
+        ["api", "clusters", name, "forget"] => {
+            only(&method, &Method::POST, "POST")?;
+            forget(&app, decode(name)).await
         }
         ["api", "tasks", id] => {
             only(&method, &Method::GET, "GET")?;
@@ -150,7 +158,7 @@ fn decode(raw: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The health answer; also used by the watchdog to check that the API can reach the store.
+/// Can the API read the store? (The watchdog asks this too.)
 pub async fn health(app: &AppRef) -> Result<(), String> {
     app.store
         .read(clusters::ping)
@@ -158,20 +166,61 @@ pub async fn health(app: &AppRef) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// 200 while declarations are acted on; 503 with every reason why not.
 async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
-    match health(app).await {
-        Ok(()) => Ok(json(
-            StatusCode::OK,
-            &Health {
-                status: "healthy",
-                service: "kindler",
-                version: env!("CARGO_PKG_VERSION"),
-            },
-        )),
-        Err(e) => Err(ApiError::Unavailable(format!(
-            "the store cannot be read: {e}"
-        ))),
+    let mut problems: Vec<ProblemView> = app.health.problems().iter().map(Into::into).collect();
+    let now = time::iso(&time::now_text());
+    if let Err(e) = health(app).await {
+        problems.push(ProblemView {
+            cause: "store_reads",
+            message: format!("the store cannot be read: {e}"),
+            since: now.clone(),
+        });
     }
+    if let Some(stall) = reconciler_stall(app) {
+        problems.push(ProblemView {
+            cause: "reconciler",
+            message: stall,
+            since: now,
+        });
+    }
+    let ignored_rows = app
+        .health
+        .ignored_rows()
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let healthy = problems.is_empty();
+    let body = Health {
+        status: if healthy { "healthy" } else { "degraded" },
+        service: "kindler",
+        version: env!("CARGO_PKG_VERSION"),
+        detail: (!healthy).then(|| {
+            let reasons: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+            reasons.join("; ")
+        }),
+        problems,
+        ignored_rows,
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(json(status, &body))
+}
+
+/// The reconciler loop turns at least once per poll interval, and a turn waits at most for
+/// the store's busy timeout; one that has not turned for much longer is stuck.
+fn reconciler_stall(app: &AppRef) -> Option<String> {
+    let age = app.heartbeat.age();
+    let limit = STALL_AFTER + app.settings().poll_interval * 2;
+    (age > limit).then(|| {
+        format!(
+            "the reconciler has not turned for {}",
+            humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
+        )
+    })
 }
 
 /// Serves a read-only answer from the response cache while the store is unchanged.
@@ -278,13 +327,15 @@ async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError>
     let mut request = create::parse(&body).map_err(ApiError::Invalid)?;
     let settings = app.settings();
     let name = request.spec.name.clone();
-    let (outcome, spec) = app
+    let stored = app
         .store
         .write(move |tx| {
             let outcome = create::insert(tx, &mut request, &settings)?;
             Ok((outcome, request.spec))
         })
-        .await?;
+        .await;
+    app.note_write(&stored, "storing a declaration");
+    let (outcome, spec) = stored?;
     let reassigned = match outcome {
         Ok((_, reassigned)) => reassigned,
         Err(refusal) => return Err(ApiError::Conflict(refusal.message(&name))),
@@ -338,6 +389,49 @@ async fn delete(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
     ))
 }
 
+/// Removes a cluster from the store without running its delete command: the way out for a
+/// cluster whose delete can never succeed (its tools are gone), and for a row another
+/// program wrote that kindler cannot act on (so the name is not held to the naming rules).
+/// A running action of it is cancelled; its history is kept.
+async fn forget(app: &AppRef, name: String) -> Result<Reply, ApiError> {
+    if app.settings().protected_clusters.contains(&name) {
+        return Err(ApiError::Forbidden(format!(
+            "Cluster {name} is protected and cannot be forgotten"
+        )));
+    }
+    let target = name.clone();
+    let removed = app
+        .store
+        .write(move |tx| clusters::forget(tx, &target))
+        .await;
+    app.note_write(&removed, "forgetting a cluster");
+    let Some(id) = removed? else {
+        return Err(ApiError::NotFound(format!("Cluster {name} not found")));
+    };
+    app.nudge(id);
+    Event::new(
+        Priority::Warning,
+        format!(
+            "cluster {name} forgotten: removed from the store without running its delete command; \
+             whatever exists of it on the host is left as it is"
+        ),
+    )
+    .id(ids::CLUSTER_FORGOTTEN)
+    .field("CLUSTER", &name)
+    .emit();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "name": name,
+            "status": "forgotten",
+            "message": format!(
+                "Cluster {name} forgotten: kindler removed it from its store without running \
+                 its delete command; whatever exists of it on the host is left as it is"
+            ),
+        }),
+    ))
+}
+
 async fn power(app: &AppRef, name: ClusterName, kind: TaskKind) -> Result<Reply, ApiError> {
     let record = find(app, name.clone()).await?;
     if record.desired == DesiredState::Absent {
@@ -365,8 +459,10 @@ async fn declare(app: &AppRef, name: &ClusterName, desired: DesiredState) -> Res
     let target = name.clone();
     let found = app
         .store
-        .write(move |tx| clusters::set_desired(tx, &target, desired))
-        .await?;
+        .write(move |tx| clusters::declare(tx, &target, desired))
+        .await;
+    app.note_write(&found, "storing a declaration");
+    let found = found?;
     if !found {
         return Err(ApiError::NotFound(format!("Cluster {name} not found")));
     }

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::health::{IgnoredRow, Problem};
 use crate::model::{ActualState, AddOnStatus};
 use crate::store::clusters::ClusterRecord;
 use crate::store::runs::RunRecord;
@@ -123,11 +124,55 @@ pub struct TaskStatus {
     pub completed_at: Option<String>,
 }
 
+/// `GET /api/health`: `healthy` (200) while declarations are acted on, else `degraded`
+/// (503) with each reason; `detail` joins them, as the contract's error answers have it.
 #[derive(Serialize)]
 pub struct Health {
     pub status: &'static str,
     pub service: &'static str,
     pub version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<ProblemView>,
+    /// Rows of the store kindler cannot act on (written by other programs); they do not
+    /// keep kindler from acting on the others, so they do not make it unhealthy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored_rows: Vec<IgnoredRowView>,
+}
+
+#[derive(Serialize)]
+pub struct ProblemView {
+    pub cause: &'static str,
+    pub message: String,
+    pub since: String,
+}
+
+impl From<&Problem> for ProblemView {
+    fn from(p: &Problem) -> Self {
+        ProblemView {
+            cause: p.cause.as_str(),
+            message: p.message.clone(),
+            since: time::iso(&time::text(p.since)),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct IgnoredRowView {
+    pub id: i64,
+    pub name: String,
+    pub reason: String,
+}
+
+impl From<IgnoredRow> for IgnoredRowView {
+    fn from(r: IgnoredRow) -> Self {
+        IgnoredRowView {
+            id: r.id,
+            name: r.name,
+            reason: r.reason,
+        }
+    }
 }
 
 #[derive(Serialize)]

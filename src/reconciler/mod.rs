@@ -22,21 +22,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppRef, Heartbeat, LiveRun};
 use crate::config::Settings;
+use crate::health::{Cause, IgnoredRow};
 use crate::log::{self, ids, Event, Priority};
 use crate::model::{Action, ActualState, DesiredState, RunOutcome};
 use crate::output::Tail;
 use crate::procs::{self, Target};
 use crate::store::clusters::{self, ClusterRecord};
-use crate::store::{runs, time};
+use crate::store::{runs, time, StoreResult};
 use crate::systemd;
 
 use action::{Finished, Plan};
 use decide::{decide, Decision, Policy};
-use outcome::{cluster_event, log_end, record_end, Verdict};
+use outcome::{cluster_event, log_end, record_end, EndRecord, Verdict};
 use schedule::Schedule;
 
 /// How often old history is pruned.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+/// Retries of recording a run's end: the first after this, doubling up to the maximum.
+const END_RETRY_FIRST: Duration = Duration::from_millis(200);
+const END_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a stop keeps trying to record ends that could not be recorded; what is left is
+/// found by the next start (the run has no end, so it is redone).
+const END_RETRY_AT_STOP: Duration = Duration::from_secs(3);
 
 /// Whether the reconciler runs for good or makes one pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +74,16 @@ struct Done {
     reason: Option<CancelReason>,
 }
 
+/// A finished run whose end is not recorded yet: recording is retried until it succeeds
+/// (the store may be locked by another program for a while). Until then the cluster counts
+/// as busy, so its action is not started again.
+struct PendingEnd {
+    done: Done,
+    verdict: Verdict,
+    tries: u32,
+    next_try: Instant,
+}
+
 /// What a pass of `reconcile --once` did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PassReport {
@@ -79,15 +96,24 @@ pub struct Reconciler {
     mode: Mode,
     schedule: Schedule,
     running: HashMap<i64, Running>,
-    /// Highest `change_seq` seen: the change feed is read from here on.
+    /// Ends of finished runs still to be recorded, by cluster id.
+    pending: HashMap<i64, PendingEnd>,
+    /// The change counter's value at the last read of the feed: read from here on.
     cursor: i64,
+    /// The feed could not be read when it was last asked; the next poll reads it.
+    feed_stale: bool,
+    /// Every cluster is on the schedule (the start-up load succeeded).
+    loaded: bool,
+    /// A write that tells when a failing store takes writes again.
+    write_probe: Option<tokio::task::JoinHandle<()>>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     next_poll: Instant,
     next_maintenance: Instant,
+    /// When every row is read again: a safety net under the change feed, for rows other
+    /// programs change in ways the feed cannot see.
+    next_rescan: Instant,
     status_dirty: bool,
-    /// Invalid rows already reported, so each is logged once.
-    ignored: HashSet<i64>,
     /// Clusters acted on in this pass (one-pass mode).
     visited: HashSet<i64>,
     report: PassReport,
@@ -101,13 +127,17 @@ impl Reconciler {
             mode,
             schedule: Schedule::default(),
             running: HashMap::new(),
+            pending: HashMap::new(),
             cursor: 0,
+            feed_stale: false,
+            loaded: false,
+            write_probe: None,
             done_tx,
             done_rx,
             next_poll: Instant::now(),
             next_maintenance: Instant::now() + MAINTENANCE_EVERY,
+            next_rescan: Instant::now(),
             status_dirty: true,
-            ignored: HashSet::new(),
             visited: HashSet::new(),
             report: PassReport::default(),
         }
@@ -125,6 +155,7 @@ impl Reconciler {
             if shutdown.is_cancelled() {
                 break;
             }
+            self.record_due_ends().await;
             self.dispatch().await;
             let wake_at = self.next_wake();
             tokio::select! {
@@ -149,13 +180,17 @@ impl Reconciler {
             if shutdown.is_cancelled() {
                 break;
             }
+            self.record_due_ends().await;
             self.dispatch().await;
-            if self.running.is_empty() && self.schedule.is_empty() {
+            if self.running.is_empty() && self.schedule.is_empty() && self.pending.is_empty() {
                 break;
             }
             // The timer matters when an action could not be started (a busy store): it
             // is rescheduled, and nothing else would wake the pass.
-            let retry_at = self.next_due_with_a_free_slot();
+            let retry_at = [self.next_due_with_a_free_slot(), self.next_end_retry()]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -176,10 +211,14 @@ impl Reconciler {
 
     /// The next time the loop must look even if nothing wakes it.
     fn next_wake(&self) -> Instant {
-        match self.next_due_with_a_free_slot() {
-            Some(due) => due.min(self.next_poll),
-            None => self.next_poll,
-        }
+        [self.next_due_with_a_free_slot(), self.next_end_retry()]
+            .into_iter()
+            .flatten()
+            .fold(self.next_poll, Instant::min)
+    }
+
+    fn next_end_retry(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.next_try).min()
     }
 
     /// When the next scheduled cluster is due, if an action could start for it then.
@@ -214,14 +253,16 @@ impl Reconciler {
                 "{action} was interrupted: kindler stopped while it ran (killed or crashed); it is redone now"
             );
             let cluster_note = note.clone();
-            let redo = run.action.and_then(Action::in_progress_state).is_some();
+            let in_progress = run.action.and_then(Action::in_progress_state);
             let res = self
                 .app
                 .store
                 .write(move |tx| {
                     runs::mark_interrupted(tx, run.id, &note)?;
-                    if redo {
-                        clusters::mark_interrupted(tx, run.cluster_id, &cluster_note)?;
+                    // Only a cluster still in that action's state is redone; one that got
+                    // further since (its end was recorded by a later run) keeps its state.
+                    if let Some(state) = in_progress {
+                        clusters::mark_interrupted(tx, run.cluster_id, state, &cluster_note)?;
                     }
                     Ok(())
                 })
@@ -257,25 +298,29 @@ impl Reconciler {
         }
     }
 
-    /// Puts every cluster on the schedule: running ones at their next resync, the rest now.
+    /// Puts every cluster on the schedule: running ones at their next resync, the rest now
+    /// (a cluster already due earlier stays so). At start-up, then once per resync interval;
+    /// retried by the poll until it succeeds (the store may be locked at start-up).
     async fn load_all(&mut self) {
         let loaded = self
             .app
             .store
             .read(|conn| {
                 Ok((
-                    clusters::max_change_seq(conn)?,
+                    clusters::change_counter(conn)?,
                     clusters::schedule_rows(conn)?,
                 ))
             })
             .await;
-        let (cursor, rows) = match loaded {
-            Ok(v) => v,
-            Err(e) => return log::error(&format!("cannot load clusters: {e}")),
-        };
-        self.cursor = cursor;
+        self.app
+            .health
+            .track(Cause::StoreReads, &loaded, "cannot load the clusters");
+        let Ok((cursor, rows)) = loaded else { return };
+        self.loaded = true;
+        self.cursor = self.cursor.max(cursor);
         let resync = self.app.settings().resync_interval;
         let now = Instant::now();
+        self.next_rescan = now + resync;
         for row in rows {
             let converged = self.mode == Mode::Daemon
                 && row.actual == ActualState::Running
@@ -284,28 +329,33 @@ impl Reconciler {
                 Some(last) if converged => instant_at(last + resync),
                 _ => now,
             };
-            self.schedule.set(row.id, due);
+            self.schedule.soon(row.id, due);
         }
+        self.repair_change_numbers().await;
     }
 
-    /// Reads the change feed: rows inserted or re-declared since the cursor.
+    /// Reads the change feed (rows declared since the cursor) and the clusters the API
+    /// nudged, and puts them on the schedule.
     async fn sync_changes(&mut self) {
+        let now = Instant::now();
+        let mut touched = self.app.take_nudged();
         let cursor = self.cursor;
-        let changed = match self
+        let changed = self
             .app
             .store
             .read(move |c| clusters::changed_since(c, cursor))
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return log::error(&format!("cannot read changes: {e}")),
-        };
-        let now = Instant::now();
+            .await;
+        self.app
+            .health
+            .track(Cause::ChangeFeed, &changed, "cannot read new declarations");
+        self.feed_stale = changed.is_err();
+        if let Ok((top, ids)) = changed {
+            self.cursor = self.cursor.max(top);
+            touched.extend(ids);
+        }
         let mut recheck = Vec::new();
-        for (id, seq) in changed {
-            self.cursor = self.cursor.max(seq);
+        for id in touched {
             self.schedule.soon(id, now);
-            self.ignored.remove(&id);
             if self.running.contains_key(&id) {
                 recheck.push(id);
             }
@@ -336,15 +386,35 @@ impl Reconciler {
     async fn poll(&mut self) {
         let settings = self.app.settings();
         self.next_poll = Instant::now() + settings.poll_interval;
+        let file = self.app.store.check_file();
+        match &file {
+            Ok(()) => self.app.health.resolve(Cause::DatabaseFile),
+            Err(e) => self.app.health.report(Cause::DatabaseFile, e.to_string()),
+        }
+        if !self.loaded || Instant::now() >= self.next_rescan {
+            self.load_all().await;
+        }
         match self.app.store.external_change().await {
-            Ok(true) => self.sync_changes().await,
+            Ok(true) => {
+                self.sync_changes().await;
+                self.look_again_at_ignored_rows();
+                self.repair_change_numbers().await;
+            }
+            Ok(false) if self.feed_stale => self.sync_changes().await,
             Ok(false) => {}
-            Err(e) => log::error(&format!("cannot check the database for changes: {e}")),
+            Err(e) => self.app.health.report(
+                Cause::ChangeFeed,
+                format!("cannot check the database for declarations by other programs: {e}"),
+            ),
+        }
+        if self.app.health.is_active(Cause::StoreWrites) {
+            self.probe_writes();
         }
         if self.status_dirty {
             self.status_dirty = false;
             if let Ok(summary) = self.app.store.read(clusters::summary).await {
-                systemd::status(&systemd::status_line(&summary, SystemTime::now()));
+                let line = systemd::status_line(&summary, SystemTime::now());
+                self.app.health.set_summary(line);
             }
         }
         if Instant::now() >= self.next_maintenance {
@@ -361,13 +431,61 @@ impl Reconciler {
         }
     }
 
+    /// Rows kindler could not act on may have been corrected by the program that wrote them.
+    fn look_again_at_ignored_rows(&mut self) {
+        let now = Instant::now();
+        for id in self.app.health.ignored_ids() {
+            self.schedule.soon(id, now);
+        }
+    }
+
+    /// Gives rows whose change number another program wrote a number of kindler's, so that
+    /// their later declarations are seen in order; each is reported in the journal.
+    async fn repair_change_numbers(&mut self) {
+        let Ok(odd) = self.app.store.read(clusters::odd_change_numbers).await else {
+            return;
+        };
+        for (id, name, value) in odd {
+            let repaired = self
+                .app
+                .store
+                .write(move |tx| clusters::renumber(tx, id))
+                .await;
+            if repaired.is_ok() {
+                Event::new(
+                    Priority::Warning,
+                    format!(
+                        "row {id} ({name:?}): its change_seq held {value:?}, which kindler did \
+                         not hand out (another program wrote it); kindler renumbered the row"
+                    ),
+                )
+                .id(ids::ROW_RENUMBERED)
+                .field("CLUSTER", &name)
+                .emit();
+            }
+        }
+    }
+
+    /// While writes fail, tries an empty write now and then (off the loop: it may wait for
+    /// the busy timeout), so that health recovers even when nobody declares anything.
+    fn probe_writes(&mut self) {
+        if self.write_probe.as_ref().is_some_and(|p| !p.is_finished()) {
+            return;
+        }
+        let app = self.app.clone();
+        self.write_probe = Some(tokio::spawn(async move {
+            let result = app.store.write(|_| Ok(())).await;
+            app.note_write(&result, "writing to the database");
+        }));
+    }
+
     /// A cluster's row: `Ok(None)` when it is gone, `Err` when the store could not say.
     async fn load(&self, id: i64) -> Result<Option<clusters::Parsed>, ()> {
+        let row = self.app.store.read(move |c| clusters::by_id(c, id)).await;
         self.app
-            .store
-            .read(move |c| clusters::by_id(c, id))
-            .await
-            .map_err(|e| log::error(&format!("cannot read cluster row {id}: {e}")))
+            .health
+            .track(Cause::StoreReads, &row, "cannot read the clusters");
+        row.map_err(|_| ())
     }
 
     /// Starts actions for due clusters while there is room.
@@ -378,12 +496,18 @@ impl Reconciler {
             let Some(id) = self.schedule.pop_due(Instant::now()) else {
                 break;
             };
-            // A running cluster is looked at again when its action ends.
-            if self.running.contains_key(&id) || self.visited.contains(&id) {
+            // A busy cluster is looked at again when its action ends (and is recorded).
+            if self.running.contains_key(&id)
+                || self.pending.contains_key(&id)
+                || self.visited.contains(&id)
+            {
                 continue;
             }
             let record = match self.load(id).await {
-                Ok(None) => continue,
+                Ok(None) => {
+                    self.app.health.unignore_row(id);
+                    continue;
+                }
                 // The store could not be read (busy, or briefly unavailable): look again
                 // soon rather than forget the cluster until it changes.
                 Err(()) => {
@@ -392,7 +516,12 @@ impl Reconciler {
                     continue;
                 }
                 Ok(Some(Err(invalid))) => {
-                    if self.ignored.insert(id) {
+                    let row = IgnoredRow {
+                        id,
+                        name: invalid.name.clone(),
+                        reason: invalid.reason.clone(),
+                    };
+                    if self.app.health.ignore_row(row) {
                         Event::new(Priority::Warning, invalid.to_string())
                             .id(ids::ROW_IGNORED)
                             .field("CLUSTER", &invalid.name)
@@ -402,6 +531,7 @@ impl Reconciler {
                 }
                 Ok(Some(Ok(record))) => record,
             };
+            self.app.health.unignore_row(id);
             match decide(&record, SystemTime::now(), policy) {
                 Decision::Act(action) => self.start(record, action, settings.clone()).await,
                 Decision::At(t) => self.schedule.set(id, instant_at(t)),
@@ -436,10 +566,11 @@ impl Reconciler {
                 Ok(run_id)
             })
             .await;
+        self.app.note_write(&begun, "starting an action");
         let run_id = match begun {
             Ok(run_id) => run_id,
             Err(e) => {
-                log::error(&format!(
+                log::debug(&format!(
                     "cannot start {action} of {}: {e}",
                     record.spec.name
                 ));
@@ -507,67 +638,128 @@ impl Reconciler {
 
     /// Records how an action ended and decides when to look at the cluster again.
     async fn finish(&mut self, done: Done) {
-        let Done {
-            plan,
-            finished,
-            reason,
-        } = done;
-        let id = plan.record.id;
+        let id = done.plan.record.id;
         self.running.remove(&id);
-        self.app.live.lock().unwrap().remove(&plan.run_id);
         self.status_dirty = true;
-        let settings = self.app.settings();
-        let verdict = Verdict::of(&plan, &finished, reason.as_ref(), &settings);
-        let recorded = {
-            let (plan, finished, verdict) = (plan.clone(), finished.clone(), verdict.clone());
-            let keep = settings.history_per_cluster;
-            let backoff = (settings.backoff_initial, settings.backoff_max);
-            self.app
-                .store
-                .write(move |tx| record_end(tx, &plan, &finished, &verdict, keep, backoff))
-                .await
-        };
-        // When the end could not be recorded (a full disk), the row does not carry the
-        // backoff either: wait here, or a failing script would be rerun at once, forever.
-        let next_look = match recorded {
-            Ok(end) => {
-                log_end(&plan, &finished, &verdict, &end);
-                Instant::now()
-            }
-            Err(e) => {
-                log::error(&format!(
-                    "cannot record the end of run {} ({} of {}): {e}",
-                    plan.run_id, plan.action, plan.record.spec.name
-                ));
-                Instant::now() + settings.backoff_initial
-            }
-        };
-        match self.mode {
-            Mode::Daemon => self.schedule.soon(id, next_look),
-            Mode::OnePass => match verdict.outcome {
-                RunOutcome::Succeeded => self.report.succeeded += 1,
-                _ => self.report.failed += 1,
+        let verdict = Verdict::of(
+            &done.plan,
+            &done.finished,
+            done.reason.as_ref(),
+            &self.app.settings(),
+        );
+        self.pending.insert(
+            id,
+            PendingEnd {
+                done,
+                verdict,
+                tries: 0,
+                next_try: Instant::now(),
             },
+        );
+        self.record_end_of(id).await;
+    }
+
+    /// Records the ends whose retry is due.
+    async fn record_due_ends(&mut self) {
+        let now = Instant::now();
+        let due: Vec<i64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.next_try <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.record_end_of(id).await;
         }
     }
 
-    /// Cancels every running action (the daemon is stopping) and waits for them to end.
-    async fn stop_all(&mut self) {
-        if self.running.is_empty() {
+    /// Records how a run ended (its history row, and what it does to the cluster's row), or
+    /// keeps it for a retry when the store does not take the write.
+    async fn record_end_of(&mut self, id: i64) {
+        let Some(mut pending) = self.pending.remove(&id) else {
             return;
+        };
+        let recorded = self.write_end(&pending).await;
+        self.app
+            .note_write(&recorded, "recording the end of an action");
+        let (plan, finished) = (&pending.done.plan, &pending.done.finished);
+        match recorded {
+            Ok(end) => {
+                self.app.live.lock().unwrap().remove(&plan.run_id);
+                log_end(plan, finished, &pending.verdict, &end);
+                match self.mode {
+                    Mode::Daemon => self.schedule.soon(id, Instant::now()),
+                    Mode::OnePass => match pending.verdict.outcome {
+                        RunOutcome::Succeeded => self.report.succeeded += 1,
+                        _ => self.report.failed += 1,
+                    },
+                }
+            }
+            Err(e) => {
+                pending.tries += 1;
+                let wait = END_RETRY_FIRST
+                    .saturating_mul(1 << pending.tries.min(10))
+                    .min(END_RETRY_MAX);
+                pending.next_try = Instant::now() + wait;
+                self.app.health.report(
+                    Cause::RunEnds,
+                    format!(
+                        "the end of run {} ({} of {}) cannot be recorded: {e}; kindler keeps trying",
+                        plan.run_id, plan.action, plan.record.spec.name
+                    ),
+                );
+                self.pending.insert(id, pending);
+            }
         }
-        let grace = self.app.settings().kill_grace;
-        // Tell systemd the stop may take a scripts' grace period longer than usual.
-        systemd::extend_timeout(grace + Duration::from_secs(5));
-        for running in self.running.values() {
-            *running.reason.lock().unwrap() = Some(CancelReason::Shutdown);
-            running.cancel.cancel();
+        if self.pending.is_empty() {
+            self.app.health.resolve(Cause::RunEnds);
+        }
+    }
+
+    async fn write_end(&self, pending: &PendingEnd) -> StoreResult<EndRecord> {
+        let settings = self.app.settings();
+        let keep = settings.history_per_cluster;
+        let backoff = (settings.backoff_initial, settings.backoff_max);
+        let plan = pending.done.plan.clone();
+        let finished = pending.done.finished.clone();
+        let verdict = pending.verdict.clone();
+        self.app
+            .store
+            .write(move |tx| record_end(tx, &plan, &finished, &verdict, keep, backoff))
+            .await
+    }
+
+    /// Cancels every running action (the daemon is stopping), waits for them to end and
+    /// records their ends (for a while, if the store does not take them at once).
+    async fn stop_all(&mut self) {
+        if !self.running.is_empty() {
+            let grace = self.app.settings().kill_grace;
+            // Tell systemd the stop may take a scripts' grace period longer than usual.
+            systemd::extend_timeout(grace + END_RETRY_AT_STOP + Duration::from_secs(5));
+            for running in self.running.values() {
+                *running.reason.lock().unwrap() = Some(CancelReason::Shutdown);
+                running.cancel.cancel();
+            }
         }
         while !self.running.is_empty() {
             match self.done_rx.recv().await {
                 Some(done) => self.finish(done).await,
                 None => break,
             }
+        }
+        let give_up = Instant::now() + END_RETRY_AT_STOP;
+        while let Some(next) = self.next_end_retry() {
+            if next > give_up {
+                break;
+            }
+            tokio::time::sleep_until(next.into()).await;
+            self.record_due_ends().await;
+        }
+        if !self.pending.is_empty() {
+            log::error(&format!(
+                "stopping with {} runs whose end could not be recorded; the next start redoes them",
+                self.pending.len()
+            ));
         }
     }
 }

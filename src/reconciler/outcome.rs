@@ -17,7 +17,7 @@ const ERROR_LINES: usize = 10;
 
 /// What an ended run means for the history and for the cluster.
 #[derive(Debug, Clone)]
-pub(super) struct Verdict {
+pub struct Verdict {
     pub(super) outcome: RunOutcome,
     /// The one-line reason of a failure, cancellation or interruption.
     headline: Option<String>,
@@ -79,7 +79,7 @@ impl Verdict {
 
 /// What `record_end` did to the row, for the log.
 #[derive(Debug, Default)]
-pub(super) struct EndRecord {
+pub struct EndRecord {
     removed: bool,
     attempts: u32,
     next_attempt_at: Option<String>,
@@ -182,8 +182,9 @@ pub(super) fn record_end(
         }
         RunOutcome::Cancelled | RunOutcome::Interrupted | RunOutcome::Running => {
             // The in-progress state stays, so that the next look redoes or reverses it.
-            if plan.action != Action::Probe {
-                clusters::mark_interrupted(tx, id, error.as_deref().unwrap_or("interrupted"))?;
+            if let Some(state) = plan.action.in_progress_state() {
+                let note = error.as_deref().unwrap_or("interrupted");
+                clusters::mark_interrupted(tx, id, state, note)?;
             }
             end.actual = Some(current.actual);
         }

@@ -251,7 +251,7 @@ pub fn port_holder(
     )?;
     let found = stmt
         .query_row(params![port, is_node_port], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            Ok((text_of(r, 0)?.unwrap_or_default(), r.get::<_, String>(1)?))
         })
         .optional()?;
     Ok(found.map(|(name, field)| {
@@ -283,14 +283,15 @@ pub fn ports_in_use(conn: &Connection, first: u16, last: u16) -> StoreResult<Vec
 pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
     let now = time::now_text();
     // The change number is taken here rather than by the insert trigger, which would
-    // rewrite the new row right after inserting it.
+    // rewrite the new row right after inserting it (the trigger leaves a row alone whose
+    // number is the counter's).
+    let seq = next_change_seq(tx)?;
     tx.prepare_cached(
         "INSERT INTO clusters (name, provider, subnet, node_port, pf_port, http_port, https_port,
                                register_portainer, haproxy_route, register_argocd,
                                status, desired_state, actual_state, created_at, updated_at,
                                last_transition_at, change_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11,
-                 (SELECT value FROM next_change_seq))",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11, ?12)",
     )?
     .execute(params![
         spec.name.as_str(),
@@ -304,37 +305,79 @@ pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
         spec.haproxy_route,
         spec.register_argocd,
         now,
+        seq,
     ])?;
     Ok(tx.last_insert_rowid())
 }
 
-/// Declares a new desired state; the trigger bumps the generation when it changed.
-/// Returns false when no such cluster exists.
-pub fn set_desired(
-    tx: &Transaction,
-    name: &ClusterName,
-    desired: DesiredState,
-) -> StoreResult<bool> {
+/// Advances the change counter and returns its new value (see migration 0006).
+fn next_change_seq(tx: &Transaction) -> StoreResult<i64> {
+    Ok(tx
+        .prepare_cached("UPDATE change_counter SET value = value + 1 RETURNING value")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Declares a desired state: the user's word, even when it is the state already declared.
+/// The trigger bumps the generation (and resets the backoff) when the state changed; either
+/// way a retry that waits for its backoff is brought forward and the row enters the change
+/// feed, so the reconciler looks at it now. Returns false when no such cluster exists.
+pub fn declare(tx: &Transaction, name: &ClusterName, desired: DesiredState) -> StoreResult<bool> {
+    let seq = next_change_seq(tx)?;
     let n = tx
-        .prepare_cached("UPDATE clusters SET desired_state = ?2 WHERE name = ?1")?
-        .execute(params![name.as_str(), desired.as_str()])?;
+        .prepare_cached(
+            "UPDATE clusters SET desired_state = ?2, next_attempt_at = NULL, change_seq = ?3
+              WHERE name = ?1",
+        )?
+        .execute(params![name.as_str(), desired.as_str(), seq])?;
     Ok(n > 0)
 }
 
-/// Rows inserted or re-declared after change number `after`, oldest change first.
-pub fn changed_since(conn: &Connection, after: i64) -> StoreResult<Vec<(i64, i64)>> {
+/// Rows declared since change number `after`: the counter's value now (the next cursor)
+/// and the ids of the rows numbered after `after` and up to it. A number the counter never
+/// handed out (text, or a value another program wrote) lies above the counter and is
+/// never read, so it cannot move the cursor past later declarations.
+pub fn changed_since(conn: &Connection, after: i64) -> StoreResult<(i64, Vec<i64>)> {
+    let top = change_counter(conn)?;
     let mut stmt = conn.prepare_cached(
-        "SELECT id, change_seq FROM clusters WHERE change_seq > ?1 ORDER BY change_seq",
+        "SELECT id FROM clusters WHERE change_seq > ?1 AND change_seq <= ?2 ORDER BY change_seq",
+    )?;
+    let ids = stmt
+        .query_map([after, top], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok((top, ids))
+}
+
+/// The newest change number handed out (the feed's numbers only grow).
+pub fn change_counter(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn.query_row("SELECT value FROM change_counter", [], |r| r.get(0))?)
+}
+
+/// Rows whose change number kindler did not hand out (text, NULL, or above the counter):
+/// other programs wrote them. Such a row is still reconciled; it is renumbered (see
+/// [`renumber`]) so that its later changes are seen in order.
+pub fn odd_change_numbers(conn: &Connection) -> StoreResult<Vec<(i64, String, String)>> {
+    let top = change_counter(conn)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, change_seq FROM clusters WHERE change_seq > ?1 OR change_seq IS NULL",
     )?;
     let rows = stmt
-        .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([top], |r| {
+            Ok((
+                r.get(0)?,
+                text_of(r, 1)?.unwrap_or_default(),
+                text_of(r, 2)?.unwrap_or_else(|| "NULL".into()),
+            ))
+        })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
 
-/// The newest change number handed out (the feed's numbers only grow).
-pub fn max_change_seq(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row("SELECT value - 1 FROM next_change_seq", [], |r| r.get(0))?)
+/// Gives a row the next change number (a repair of a value another program wrote).
+pub fn renumber(tx: &Transaction, id: i64) -> StoreResult<()> {
+    let seq = next_change_seq(tx)?;
+    tx.prepare_cached("UPDATE clusters SET change_seq = ?2 WHERE id = ?1")?
+        .execute(params![id, seq])?;
+    Ok(())
 }
 
 /// An action begins: the cluster enters the action's in-progress state.
@@ -398,6 +441,14 @@ pub fn finish_action(tx: &Transaction, id: i64, r: &ActionResult) -> StoreResult
     Ok(())
 }
 
+/// Removes a row by its name as stored (valid or not), whatever its state; returns its id.
+pub fn forget(tx: &Transaction, name: &str) -> StoreResult<Option<i64>> {
+    Ok(tx
+        .prepare_cached("DELETE FROM clusters WHERE name = ?1 RETURNING id")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
 /// Removes a deleted cluster's row, unless it was declared again meanwhile.
 pub fn remove_if_absent(tx: &Transaction, id: i64) -> StoreResult<bool> {
     let n = tx
@@ -408,10 +459,21 @@ pub fn remove_if_absent(tx: &Transaction, id: i64) -> StoreResult<bool> {
 
 /// Marks a cluster whose action was interrupted by a stop of the daemon: its state stays
 /// in progress, so the next start redoes the action, and the error says what happened.
-pub fn mark_interrupted(tx: &Transaction, id: i64, message: &str) -> StoreResult<()> {
-    tx.prepare_cached("UPDATE clusters SET reconcile_error = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![id, message, time::now_text()])?;
-    Ok(())
+/// Only while the row still is in the action's state `in_progress`: a cluster that got
+/// further since keeps its state and its error.
+pub fn mark_interrupted(
+    tx: &Transaction,
+    id: i64,
+    in_progress: ActualState,
+    message: &str,
+) -> StoreResult<bool> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE clusters SET reconcile_error = ?2, updated_at = ?3
+              WHERE id = ?1 AND actual_state = ?4",
+        )?
+        .execute(params![id, message, time::now_text(), in_progress.as_str()])?;
+    Ok(n > 0)
 }
 
 /// What the scheduler needs to know of every row at start-up.

@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "monotonic_change_feed",
         include_str!("../../migrations/0005_monotonic_change_feed.sql"),
     ),
+    (
+        6,
+        "change_counter",
+        include_str!("../../migrations/0006_change_counter.sql"),
+    ),
 ];
 
 /// The columns of the old `clusters` table that can be added when a file lacks them, with

@@ -6,6 +6,7 @@
 //! disk never stalls the threads that serve HTTP.
 
 pub mod clusters;
+mod identity;
 mod migrate;
 pub mod runs;
 pub mod time;
@@ -28,14 +29,33 @@ const READERS: usize = 4;
 #[derive(Debug)]
 pub enum StoreError {
     Sqlite(rusqlite::Error),
+    /// The file at the database's path is no longer the one kindler has open (see
+    /// [`identity`]): what kindler wrote now would not be found by its next start.
+    FileReplaced(String),
     /// The blocking task could not run (the runtime is shutting down).
     Unavailable(String),
 }
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use rusqlite::ErrorCode as C;
         match self {
-            StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+            StoreError::Sqlite(e) => match e.sqlite_error_code() {
+                Some(C::DatabaseBusy | C::DatabaseLocked) => write!(
+                    f,
+                    "the database is locked by another program (kindler waited {}s)",
+                    BUSY_TIMEOUT.as_secs()
+                ),
+                Some(C::DiskFull) => write!(f, "the disk is full ({e})"),
+                Some(C::ReadOnly) => write!(f, "the database cannot be written ({e})"),
+                _ => write!(f, "database error: {e}"),
+            },
+            StoreError::FileReplaced(what) => write!(
+                f,
+                "{what}; kindler no longer writes to its database, because its next start \
+                 would not find what it wrote: put the file back, or restart kindler to use \
+                 the file now at that path"
+            ),
             StoreError::Unavailable(e) => write!(f, "database unavailable: {e}"),
         }
     }
@@ -66,6 +86,8 @@ struct Inner {
     /// Bumped after every commit kindler makes and whenever another program's commit is
     /// noticed: anything derived from the store at one epoch is current until it moves.
     epoch: Arc<AtomicU64>,
+    /// The files kindler opened, to notice when they are removed or replaced.
+    identity: Arc<identity::Identity>,
 }
 
 impl Store {
@@ -95,14 +117,18 @@ impl Store {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         let applied = migrate::run(&mut writer)?;
         let version = data_version(&writer)?;
+        let identity = Arc::new(identity::Identity::of(path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot look at {}: {e}", path.display()))
+        })?);
         let epoch = Arc::new(AtomicU64::new(0));
         let store = Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                writer: writer::Writer::start(writer, epoch.clone())?,
+                writer: writer::Writer::start(writer, epoch.clone(), identity.clone())?,
                 readers: Mutex::new(Vec::new()),
                 data_version: Mutex::new(version),
                 epoch,
+                identity,
             }),
         };
         Ok((store, applied))
@@ -145,6 +171,8 @@ impl Store {
         let conn = match pooled {
             Some(c) => c,
             None => {
+                // A new connection opens whatever is at the path now: not a stranger's file.
+                self.check_file()?;
                 let c = connect(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
                 // Readers see little of the file at once; keep their caches small.
                 c.pragma_update(None, "cache_size", -512)?;
@@ -157,6 +185,14 @@ impl Store {
             readers.push(conn);
         }
         result
+    }
+
+    /// Is the file at the database's path still the one kindler has open?
+    pub fn check_file(&self) -> StoreResult<()> {
+        self.inner
+            .identity
+            .check()
+            .map_err(StoreError::FileReplaced)
     }
 
     /// True when another program committed to the database since the last call.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::identity::Identity;
 use super::{StoreError, StoreResult};
 
 /// Most jobs committed together.
@@ -41,7 +42,7 @@ trait GroupJob: Send {
     /// Runs the write; false when it failed (its savepoint is then rolled back).
     fn run(&mut self, tx: &Transaction) -> bool;
     /// Answers the caller: the write's own result if the group committed.
-    fn answer(self: Box<Self>, group: &Result<(), String>);
+    fn answer(self: Box<Self>, group: &Result<(), GroupFailure>);
 }
 
 struct Typed<T, F> {
@@ -65,25 +66,41 @@ where
         ok
     }
 
-    fn answer(self: Box<Self>, group: &Result<(), String>) {
+    fn answer(self: Box<Self>, group: &Result<(), GroupFailure>) {
         let answer = match (self.result, group) {
+            // The file is gone: whatever the write did is lost with it.
+            (_, Err(GroupFailure::Replaced(what))) => Err(StoreError::FileReplaced(what.clone())),
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(v)), Ok(())) => Ok(v),
-            (_, Err(e)) => Err(StoreError::Unavailable(e.clone())),
+            (_, Err(GroupFailure::Store(e))) => Err(StoreError::Unavailable(e.clone())),
             (None, Ok(())) => Err(StoreError::Unavailable("the write did not run".into())),
         };
         let _ = self.reply.send(answer);
     }
 }
 
+/// Why a whole group failed.
+#[derive(Debug, Clone)]
+enum GroupFailure {
+    /// The database file was removed or replaced (see `identity.rs`).
+    Replaced(String),
+    /// The transaction could not begin or commit (locked by another program, disk full).
+    Store(String),
+}
+
 impl Writer {
     /// Moves `conn` to a new thread that serves writes; `epoch` is bumped after each commit.
-    pub fn start(conn: Connection, epoch: Arc<AtomicU64>) -> StoreResult<Writer> {
+    /// `identity` is checked before and after each commit.
+    pub fn start(
+        conn: Connection,
+        epoch: Arc<AtomicU64>,
+        identity: Arc<Identity>,
+    ) -> StoreResult<Writer> {
         conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
         let (jobs, queue) = channel();
         std::thread::Builder::new()
             .name("kindler-writer".into())
-            .spawn(move || serve(conn, queue, &epoch))
+            .spawn(move || serve(conn, queue, &epoch, &identity))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer { jobs })
     }
@@ -119,7 +136,7 @@ fn gone() -> StoreError {
     StoreError::Unavailable("the database writer has stopped".into())
 }
 
-fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &AtomicU64) {
+fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &AtomicU64, identity: &Identity) {
     while let Ok(first) = queue.recv() {
         let mut group = Vec::new();
         for job in std::iter::once(first).chain(queue.try_iter().take(MAX_GROUP - 1)) {
@@ -133,7 +150,7 @@ fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &AtomicU64) {
         if group.is_empty() {
             continue;
         }
-        let outcome = commit(&mut conn, &mut group).map_err(|e| e.to_string());
+        let outcome = commit_where_found(&mut conn, &mut group, identity);
         if outcome.is_ok() {
             epoch.fetch_add(1, Ordering::Release);
         }
@@ -141,6 +158,19 @@ fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &AtomicU64) {
             job.answer(&outcome);
         }
     }
+}
+
+/// Commits the group, unless the file at the database's path is not the one kindler has
+/// open: then nothing is written, or (when it was replaced during the commit) nothing that
+/// was written is acknowledged.
+fn commit_where_found(
+    conn: &mut Connection,
+    group: &mut [Box<dyn GroupJob>],
+    identity: &Identity,
+) -> Result<(), GroupFailure> {
+    identity.check().map_err(GroupFailure::Replaced)?;
+    commit(conn, group).map_err(|e| GroupFailure::Store(StoreError::Sqlite(e).to_string()))?;
+    identity.check().map_err(GroupFailure::Replaced)
 }
 
 fn commit(conn: &mut Connection, group: &mut [Box<dyn GroupJob>]) -> rusqlite::Result<()> {

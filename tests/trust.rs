@@ -1,0 +1,262 @@
+//! "A declaration answered 202 is acted on, or the API says why not": what other programs
+//! write into the store, a database file removed under the daemon, runs whose end cannot be
+//! recorded, tasks that follow what the reconciler really does, and health that tells the
+//! truth. Everything through the real binary, a real SQLite file and real processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Env};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn declare(env: &Env, name: &str) {
+    let r = env.post(
+        "/api/clusters",
+        &format!(r#"{{"name":"{name}","provider":"k3d"}}"#),
+    );
+    assert_eq!(r.status, 202, "POST {name}: {r:?}");
+}
+
+#[test]
+fn odd_values_in_the_change_feed_stop_no_declaration() {
+    let env = Env::new();
+    let mut d = env.start(&[]);
+    declare(&env, "s1");
+    declare(&env, "s2");
+    env.await_state("s1", "running", 10 * SEC);
+    env.await_state("s2", "running", 10 * SEC);
+
+    // Another program writes what kindler never would into its change numbers.
+    env.sqlite("UPDATE clusters SET change_seq = 'abc' WHERE name = 's1'");
+    declare(&env, "s3");
+    env.await_state("s3", "running", 10 * SEC);
+    assert_eq!(env.post("/api/clusters/s2/stop", "").status, 202);
+    env.await_state("s2", "stopped", 10 * SEC);
+
+    // A number far above any kindler handed out must not hide the next ones either.
+    env.sqlite("UPDATE clusters SET change_seq = 9000000000000000000 WHERE name = 's2'");
+    declare(&env, "s4");
+    env.await_state("s4", "running", 10 * SEC);
+    assert_eq!(env.request("DELETE", "/api/clusters/s3", None).status, 202);
+    env.await_gone("s3", 10 * SEC);
+    assert_eq!(env.get("/api/health").status, 200);
+
+    // The same after a restart, when the feed is read from the store's own numbers.
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(10 * SEC).expect("stops").success());
+    let _d = env.start(&[]);
+    declare(&env, "s5");
+    env.await_state("s5", "running", 10 * SEC);
+    assert_eq!(env.post("/api/clusters/s2/start", "").status, 202);
+    env.await_state("s2", "running", 10 * SEC);
+    let log = _d.log_text();
+    assert!(!log.contains("cannot read changes"), "{log}");
+    eventually(5 * SEC, "s1 still running", || {
+        (env.cluster("s1")?["actual_state"] == "running").then_some(())
+    });
+}
+
+fn detail(r: &common::Response) -> String {
+    r.json()["detail"].to_string()
+}
+
+#[test]
+fn a_database_file_removed_under_the_daemon_is_noticed_and_no_write_is_acknowledged() {
+    let env = Env::new();
+    let notify = common::Notifications::bind(env.dir.path());
+    let mut cmd = env.command(&[]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut d = env.spawn(cmd);
+    declare(&env, "kept");
+    env.await_state("kept", "running", 10 * SEC);
+    assert_eq!(env.get("/api/health").status, 200);
+
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = env.db().into_os_string();
+        path.push(suffix);
+        std::fs::remove_file(path).unwrap();
+    }
+    let health = eventually(5 * SEC, "health to say the file is gone", || {
+        let r = env.get("/api/health");
+        (r.status == 503).then_some(r)
+    });
+    let body = health.json();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["problems"][0]["cause"], "database_file", "{body}");
+    assert!(detail(&health).contains("was removed"), "{body}");
+    notify.await_line(0, 5 * SEC, "STATUS saying why", |l| {
+        l.starts_with("STATUS=DEGRADED: the database file") && l.contains("was removed")
+    });
+
+    // Declarations are refused with the reason, however many come.
+    for i in 0..5 {
+        let r = env.post(
+            "/api/clusters",
+            &format!(r#"{{"name":"lost{i}","provider":"k3d"}}"#),
+        );
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(detail(&r).contains("was removed"), "{r:?}");
+    }
+    let r = env.post("/api/clusters/kept/stop", "");
+    assert_eq!(r.status, 503, "{r:?}");
+    let log = d.log_text();
+    let reports = log
+        .matches("cannot act on declarations: the database file")
+        .count();
+    assert_eq!(
+        reports, 1,
+        "one error event for the cause, not one per write:\n{log}"
+    );
+
+    // The next start finds no declaration it was told about: none was acknowledged.
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(10 * SEC).expect("stops").success());
+    let _d = env.start(&[]);
+    let list = env.get("/api/clusters").json();
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+}
+
+#[test]
+fn a_database_file_replaced_under_the_daemon_is_noticed() {
+    let env = Env::new();
+    let _d = env.start(&[]);
+    declare(&env, "a");
+    env.await_state("a", "running", 10 * SEC);
+    // Another database moved onto the path (a restore gone wrong, say).
+    let other = env.dir.path().join("other.db");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&other)
+        .arg("CREATE TABLE t (x)")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::rename(&other, env.db()).unwrap();
+    let health = eventually(5 * SEC, "health to say the file was replaced", || {
+        let r = env.get("/api/health");
+        (r.status == 503).then_some(r)
+    });
+    assert!(detail(&health).contains("replaced"), "{health:?}");
+    let r = env.post("/api/clusters", r#"{"name":"b","provider":"k3d"}"#);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(detail(&r).contains("replaced"), "{r:?}");
+}
+
+#[test]
+fn a_run_whose_end_cannot_be_recorded_is_recorded_once_the_store_takes_writes() {
+    let env = Env::new();
+    env.mode("create", "slow:1");
+    let mut d = env.start(&[]);
+    declare(&env, "locked");
+    env.await_state("locked", "creating", 10 * SEC);
+
+    // Another program takes the database's write lock while the create runs, and holds it
+    // past the create's end and kindler's busy timeout (5 s).
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    eventually(10 * SEC, "the create to end", || {
+        env.calls()
+            .iter()
+            .any(|c| c.event == "end" && c.action == "probe" && c.cluster == "locked")
+            .then_some(())
+    });
+    let health = eventually(15 * SEC, "health to report the unrecorded end", || {
+        let r = env.get("/api/health");
+        (r.status == 503 && r.text.contains("run_ends")).then_some(r)
+    });
+    assert!(
+        detail(&health).contains("locked by another program"),
+        "{health:?}"
+    );
+    // Reads go on; declarations are refused with the reason.
+    assert_eq!(env.get("/api/clusters/locked").status, 200);
+    let r = env.post("/api/clusters", r#"{"name":"other","provider":"k3d"}"#);
+    assert_eq!(r.status, 503, "{r:?}");
+    conn.execute_batch("COMMIT").unwrap();
+    drop(conn);
+
+    let c = env.await_state("locked", "running", 15 * SEC);
+    assert_eq!(c["reconcile_error"], serde_json::Value::Null, "{c}");
+    eventually(10 * SEC, "health to recover", || {
+        (env.get("/api/health").status == 200).then_some(())
+    });
+    let history = env.get("/api/clusters/locked/history").json();
+    let runs = history.as_array().unwrap();
+    assert_eq!(
+        runs.len(),
+        1,
+        "the create was recorded, not redone: {history}"
+    );
+    assert_eq!(runs[0]["outcome"], "succeeded", "{history}");
+    assert_eq!(env.starts("create", "locked").len(), 1, "create ran once");
+    let task = env.get("/api/tasks/reconcile-locked").json();
+    assert_eq!(task["status"], "completed", "{task}");
+
+    // A restart finds nothing unfinished and puts no error on the running cluster.
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(10 * SEC).expect("stops").success());
+    let d2 = env.start(&[]);
+    let c = env.await_state("locked", "running", 10 * SEC);
+    assert_eq!(c["reconcile_error"], serde_json::Value::Null, "{c}");
+    let log = d2.log_text();
+    assert!(!log.contains("interrupted"), "{log}");
+}
+
+#[test]
+fn a_cluster_whose_delete_never_succeeds_can_be_forgotten() {
+    let env = Env::new();
+    env.mode("delete", "fail");
+    let _d = env.start(&[]);
+    declare(&env, "dev");
+    env.await_state("dev", "running", 10 * SEC);
+    assert_eq!(env.request("DELETE", "/api/clusters/dev", None).status, 202);
+    eventually(10 * SEC, "the delete to fail", || {
+        let c = env.cluster("dev")?;
+        (c["attempts"].as_u64()? >= 1).then_some(())
+    });
+    assert_eq!(
+        env.post("/api/clusters", r#"{"name":"dev","provider":"k3d"}"#)
+            .status,
+        409
+    );
+
+    let r = env.post("/api/clusters/dev/forget", "");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["status"], "forgotten");
+    assert!(env.cluster("dev").is_none());
+    let history = env.get("/api/clusters/dev/history").json();
+    assert!(
+        !history.as_array().unwrap().is_empty(),
+        "the history is kept: {history}"
+    );
+    // The name is free again, and the new cluster is created.
+    declare(&env, "dev");
+    env.await_state("dev", "running", 10 * SEC);
+
+    assert_eq!(env.post("/api/clusters/nobody/forget", "").status, 404);
+    assert_eq!(env.post("/api/clusters/devops/forget", "").status, 403);
+    assert_eq!(env.get("/api/clusters/dev/forget").status, 405);
+}
+
+#[test]
+fn forgetting_a_cluster_ends_its_running_action() {
+    let env = Env::new();
+    env.mode("delete", "bg");
+    let _d = env.start(&[]);
+    declare(&env, "stuck");
+    env.await_state("stuck", "running", 10 * SEC);
+    assert_eq!(
+        env.request("DELETE", "/api/clusters/stuck", None).status,
+        202
+    );
+    eventually(10 * SEC, "the delete's children", || {
+        (env.pids("delete-stuck").len() >= 4).then_some(())
+    });
+    assert_eq!(env.post("/api/clusters/stuck/forget", "").status, 200);
+    eventually(10 * SEC, "the delete's processes to end", || {
+        env.alive("delete-stuck").is_empty().then_some(())
+    });
+    let history = env.get("/api/clusters/stuck/history").json();
+    assert_eq!(history[0]["outcome"], "cancelled", "{history}");
+}
