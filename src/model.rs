@@ -217,6 +217,14 @@ string_enum! {
 }
 
 impl Action {
+    pub const ALL: [Action; 5] = [
+        Action::Create,
+        Action::Delete,
+        Action::Start,
+        Action::Stop,
+        Action::Probe,
+    ];
+
     /// The state a cluster is in while this action runs.
     pub fn in_progress_state(self) -> Option<ActualState> {
         match self {

@@ -224,13 +224,19 @@ fn a_failing_script_backs_off_and_recovers_once_fixed() {
     assert!(gap(1) > gap(0), "backoff grows: {} then {}", gap(0), gap(1));
     let c = env.cluster("flaky").unwrap();
     assert!(c["attempts"].as_u64().unwrap() >= 2, "{c}");
-    // Between attempts the task reports the failure; while a retry runs it says "running".
+    // Between attempts the task reports the failure and when kindler retries: it is
+    // pending, not failed, since kindler goes on; while a retry runs it says "running".
     let task = eventually(15 * SEC, "the task to report the failed attempt", || {
         let task = env.get("/api/tasks/reconcile-flaky").json();
-        (task["status"] == "failed").then_some(task)
+        (task["status"] == "pending" && task["error"].is_string()).then_some(task)
     });
     assert!(
         task["error"].as_str().unwrap().contains("exit status 3"),
+        "{task}"
+    );
+    let message = task["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("create failed (exit status 3); kindler retries at "),
         "{task}"
     );
 

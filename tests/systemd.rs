@@ -492,7 +492,7 @@ fn reconcile_events_reach_journald_as_structured_fields() {
         .contains("create failed (exit status 3)"));
     let error = failed["KINDLER_ERROR"].as_str().unwrap();
     assert!(
-        error.starts_with("create failed (exit status 3); last output:\n"),
+        error.starts_with("create failed (exit status 3)\nlast output:\n"),
         "{error}"
     );
     assert!(

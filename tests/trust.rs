@@ -260,3 +260,84 @@ fn forgetting_a_cluster_ends_its_running_action() {
     let history = env.get("/api/clusters/stuck/history").json();
     assert_eq!(history[0]["outcome"], "cancelled", "{history}");
 }
+
+#[test]
+fn start_on_a_failed_create_follows_the_create_and_brings_the_retry_forward() {
+    let env = Env::new();
+    env.mode("create", "fail");
+    // A long backoff: only a new declaration can bring the next attempt this soon.
+    let _d = env.start(&["--backoff-initial", "60s", "--backoff-max", "5m"]);
+    declare(&env, "dev");
+    let task = eventually(10 * SEC, "the create's failure in its task", || {
+        let t = env.get("/api/tasks/reconcile-dev").json();
+        t["error"].is_string().then_some(t)
+    });
+    assert_eq!(task["status"], "pending", "kindler retries: {task}");
+    assert_eq!(task["progress"], 0, "{task}");
+    let message = task["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("create failed (exit status 3); kindler retries at "),
+        "{task}"
+    );
+    assert!(!message.contains("last output"), "{task}");
+    assert!(
+        task["logs"]
+            .to_string()
+            .contains("port 6443 is already allocated"),
+        "{task}"
+    );
+
+    // 启动 (start) in the WebUI: the retry comes now, and it is a create.
+    assert_eq!(env.post("/api/clusters/dev/start", "").status, 202);
+    eventually(
+        10 * SEC,
+        "a second create attempt, long before the backoff",
+        || (env.starts("create", "dev").len() >= 2).then_some(()),
+    );
+    let task = eventually(
+        10 * SEC,
+        "the start task to show the create's failure",
+        || {
+            let t = env.get("/api/tasks/reconcile-start-dev").json();
+            (t["error"].is_string() && t["message"].as_str()?.starts_with("create failed"))
+                .then_some(t)
+        },
+    );
+    assert_eq!(task["status"], "pending", "{task}");
+
+    env.mode("create", "ok");
+    assert_eq!(env.post("/api/clusters/dev/start", "").status, 202);
+    env.await_state("dev", "running", 10 * SEC);
+    let task = env.get("/api/tasks/reconcile-start-dev").json();
+    assert_eq!(task["status"], "completed", "{task}");
+    // Declaring what is already reached changes nothing.
+    let runs_before = env.get("/api/clusters/dev/history").json();
+    assert_eq!(env.post("/api/clusters/dev/start", "").status, 202);
+    assert_eq!(
+        env.get("/api/tasks/reconcile-start-dev").json()["status"],
+        "completed"
+    );
+    let calls_before = env.calls().len();
+    assert_eq!(env.post("/api/clusters/dev/start", "").status, 202);
+    env.await_state("dev", "running", 10 * SEC);
+    assert_eq!(env.get("/api/clusters/dev/history").json(), runs_before);
+    assert_eq!(env.calls().len(), calls_before);
+}
+
+#[test]
+fn failed_starts_fall_back_to_create() {
+    let env = Env::new();
+    let _d = env.start(&[]);
+    declare(&env, "gone");
+    env.await_state("gone", "running", 10 * SEC);
+    assert_eq!(env.post("/api/clusters/gone/stop", "").status, 202);
+    env.await_state("gone", "stopped", 10 * SEC);
+    // Its containers vanished while it was stopped: every start fails.
+    env.mode("start", "fail");
+    assert_eq!(env.post("/api/clusters/gone/start", "").status, 202);
+    env.await_state("gone", "running", 15 * SEC);
+    assert_eq!(env.starts("start", "gone").len(), 2, "two starts failed");
+    assert_eq!(env.starts("create", "gone").len(), 2, "then a create");
+    let task = env.get("/api/tasks/reconcile-start-gone").json();
+    assert_eq!(task["status"], "completed", "{task}");
+}

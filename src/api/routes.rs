@@ -476,14 +476,29 @@ async fn declare(app: &AppRef, name: &ClusterName, desired: DesiredState) -> Res
 }
 
 async fn task(app: &AppRef, id: String) -> Result<Reply, ApiError> {
-    let (lookup, app2) = (id.clone(), app.clone());
-    match app
-        .store
-        .read(move |c| tasks::status(c, &app2, &lookup))
-        .await?
-    {
-        Some(status) => Ok(json(StatusCode::OK, &status)),
+    let lookup = id.clone();
+    match app.store.read(move |c| tasks::facts(c, &lookup)).await? {
+        Some(facts) => Ok(json(
+            StatusCode::OK,
+            &tasks::describe(&id, &facts, &activity(app, &facts)),
+        )),
         None => Err(ApiError::NotFound(format!("Task {id} not found"))),
+    }
+}
+
+/// What the reconciler is doing now, for a task's answer.
+pub fn activity(app: &AppRef, facts: &tasks::Facts) -> tasks::Activity {
+    let problems = app.health.problems();
+    // Its own statement: the lock is released before live_lines takes it again.
+    let running = app.live.lock().unwrap().len();
+    tasks::Activity {
+        running,
+        capacity: app.settings().max_concurrent_actions,
+        degraded: (!problems.is_empty()).then(|| {
+            let reasons: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+            reasons.join("; ")
+        }),
+        live_lines: facts.running_run().and_then(|id| app.live_lines(id)),
     }
 }
 

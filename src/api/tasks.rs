@@ -1,14 +1,25 @@
-//! Tasks, as the WebUI knows them, read from the declared state and the run history.
+//! Tasks, as the WebUI knows them, derived from the declared state, the run history and
+//! what the reconciler is doing now.
 //!
 //! A task id names a declaration: `reconcile-<name>` (create), `reconcile-delete-<name>`,
-//! `reconcile-start-<name>`, `reconcile-stop-<name>`. Its status is that of the newest run
-//! of that action for the cluster, unless the cluster already is where the task wanted it
-//! (completed) or the run belongs to an older declaration (pending again).
+//! `reconcile-start-<name>`, `reconcile-stop-<name>`. A task follows whatever the
+//! reconciler does for that declaration, whichever action that is (a start of a cluster
+//! whose create failed runs a create), and says what is happening now:
+//!
+//! | the declaration                     | status    | message                              |
+//! |-------------------------------------|-----------|--------------------------------------|
+//! | reached (running, stopped, gone)    | completed |                                      |
+//! | replaced by another before reached  | failed    | superseded: now declared …           |
+//! | an action runs for the cluster      | running   | which action, which attempt          |
+//! | its last attempt failed             | pending   | the failure, and when kindler retries |
+//! | nothing runs yet                    | pending   | why it waits: backoff, no free slot, kindler degraded |
+//!
+//! kindler retries a failure until the declaration is reached or replaced, so a failure
+//! is not the end of a task: it stays pending with `error` set to the last failure.
 
 use rusqlite::Connection;
 
 use super::views::TaskStatus;
-use crate::app::AppRef;
 use crate::model::{Action, ActualState, ClusterName, DesiredState, RunOutcome};
 use crate::store::clusters::{self, ClusterRecord};
 use crate::store::runs::{self, RunRecord};
@@ -51,16 +62,6 @@ impl TaskKind {
         self.action().goal()
     }
 
-    /// Verb forms for messages: (infinitive, progressive, past).
-    fn verbs(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            TaskKind::Create => ("create", "Creating", "created"),
-            TaskKind::Delete => ("delete", "Deleting", "deleted"),
-            TaskKind::Start => ("start", "Starting", "started"),
-            TaskKind::Stop => ("stop", "Stopping", "stopped"),
-        }
-    }
-
     /// The cluster is where the task wanted it.
     fn reached(self, row: &ClusterRecord) -> bool {
         row.desired == self.goal()
@@ -69,6 +70,17 @@ impl TaskKind {
                 TaskKind::Stop => row.actual == ActualState::Stopped,
                 TaskKind::Delete => false,
             }
+    }
+}
+
+/// Verb forms for messages: (infinitive, progressive, past).
+fn verbs(action: Action) -> (&'static str, &'static str, &'static str) {
+    match action {
+        Action::Create => ("create", "Creating", "created"),
+        Action::Delete => ("delete", "Deleting", "deleted"),
+        Action::Start => ("start", "Starting", "started"),
+        Action::Stop => ("stop", "Stopping", "stopped"),
+        Action::Probe => ("verify", "Verifying", "verified"),
     }
 }
 
@@ -93,15 +105,19 @@ fn readings(task_id: &str) -> Vec<(TaskKind, ClusterName)> {
     found
 }
 
-/// One reading of a task id, with what the store knows about it.
-struct Reading {
+/// What the store knows about one reading of a task id.
+#[derive(Debug, Clone)]
+pub struct Facts {
     kind: TaskKind,
     name: ClusterName,
     row: Option<ClusterRecord>,
-    run: Option<RunRecord>,
+    /// The newest run of the task's own action.
+    own: Option<RunRecord>,
+    /// The newest run of the cluster, whatever its action.
+    latest: Option<RunRecord>,
 }
 
-impl Reading {
+impl Facts {
     /// The declaration this reading stands for is the one in force (a cluster whose row
     /// is gone is absent, as its delete declared).
     fn in_force(&self) -> bool {
@@ -112,176 +128,410 @@ impl Reading {
     }
 
     /// When this reading's declaration was last acted on or made (text timestamps sort).
-    fn latest(&self) -> Option<&str> {
-        let run = self.run.as_ref().map(|r| r.started_at.as_str());
+    fn last_seen(&self) -> Option<&str> {
+        let run = self.own.as_ref().map(|r| r.started_at.as_str());
         let declared = self.row.as_ref().and_then(|r| match self.kind {
             TaskKind::Create => r.created_at.as_deref(),
             _ => r.updated_at.as_deref(),
         });
         run.max(declared)
     }
+
+    /// The run whose output lines are live (it is running now), if any.
+    pub fn running_run(&self) -> Option<i64> {
+        self.latest
+            .as_ref()
+            .filter(|r| r.outcome == RunOutcome::Running)
+            .map(|r| r.id)
+    }
 }
 
-pub fn status(conn: &Connection, app: &AppRef, task_id: &str) -> StoreResult<Option<TaskStatus>> {
+/// Reads what the store knows about a task id; `None` when it names nothing known.
+pub fn facts(conn: &Connection, task_id: &str) -> StoreResult<Option<Facts>> {
     let mut found = Vec::new();
     for (kind, name) in readings(task_id) {
         let row = match clusters::by_name(conn, &name)? {
             Some(Ok(row)) => Some(row),
             _ => None,
         };
-        let run = match &row {
-            Some(r) => runs::latest_for_cluster(conn, r.id, &[kind.action()])?,
-            None => runs::latest_for_name(conn, name.as_str(), &[kind.action()])?,
+        let (own, latest) = match &row {
+            Some(r) => (
+                runs::latest_for_cluster(conn, r.id, &[kind.action()])?,
+                runs::latest_for_cluster(conn, r.id, &Action::ALL)?,
+            ),
+            None => (
+                runs::latest_for_name(conn, name.as_str(), &[kind.action()])?,
+                None,
+            ),
         };
-        if row.is_some() || run.is_some() {
-            found.push(Reading {
+        if row.is_some() || own.is_some() {
+            found.push(Facts {
                 kind,
                 name,
                 row,
-                run,
+                own,
+                latest,
             });
         }
     }
     // `reconcile-delete-dev` is the delete of dev or the create of delete-dev: the
     // reading whose declaration is in force wins, then the more recent one.
-    let best = found
+    Ok(found
         .into_iter()
         .rev()
-        .max_by(|a, b| (a.in_force(), a.latest()).cmp(&(b.in_force(), b.latest())));
-    Ok(best.map(|r| {
-        describe(
-            app,
-            task_id,
-            r.kind,
-            &r.name,
-            r.row.as_ref(),
-            r.run.as_ref(),
-        )
-    }))
+        .max_by(|a, b| (a.in_force(), a.last_seen()).cmp(&(b.in_force(), b.last_seen()))))
 }
 
-fn describe(
-    app: &AppRef,
-    task_id: &str,
-    kind: TaskKind,
-    name: &ClusterName,
-    row: Option<&ClusterRecord>,
-    run: Option<&RunRecord>,
-) -> TaskStatus {
-    let (verb, doing, done) = kind.verbs();
+/// What the reconciler is doing now, beyond what the store says.
+#[derive(Debug, Clone, Default)]
+pub struct Activity {
+    /// Actions running now, and how many may run at once.
+    pub running: usize,
+    pub capacity: usize,
+    /// Why kindler cannot act now, if it cannot.
+    pub degraded: Option<String>,
+    /// Output so far of the run in progress (see [`Facts::running_run`]).
+    pub live_lines: Option<Vec<String>>,
+}
+
+/// The task's status. Pure: every case is covered by the unit tests below.
+pub fn describe(task_id: &str, f: &Facts, now: &Activity) -> TaskStatus {
+    let (verb, _, _) = verbs(f.kind.action());
+    let declared_at = f.row.as_ref().and_then(|r| match f.kind {
+        TaskKind::Create => r.created_at.as_deref(),
+        _ => r.updated_at.as_deref(),
+    });
     let mut task = TaskStatus {
         task_id: task_id.to_owned(),
         status: "pending",
         progress: 0,
-        message: format!("Waiting to {verb} cluster {name}"),
+        message: format!("Waiting to {verb} cluster {}", f.name),
         logs: Vec::new(),
         error: None,
-        created_at: row.and_then(|r| r.updated_at.as_deref()).map(time::iso),
-        updated_at: row.and_then(|r| r.updated_at.as_deref()).map(time::iso),
+        created_at: declared_at.map(time::iso),
+        updated_at: f
+            .row
+            .as_ref()
+            .and_then(|r| r.updated_at.as_deref())
+            .map(time::iso),
         completed_at: None,
     };
-    if let Some(run) = run {
-        task.created_at = Some(time::iso(&run.started_at));
+    match &f.row {
+        None if f.kind == TaskKind::Delete || succeeded(&f.own) => completed(&mut task, f),
+        None => superseded(&mut task, f, "no longer exists".into()),
+        Some(row) if row.desired != f.kind.goal() => {
+            if succeeded(&f.own) {
+                completed(&mut task, f)
+            } else {
+                superseded(&mut task, f, format!("is now declared {}", row.desired))
+            }
+        }
+        Some(row) if f.kind.reached(row) => completed(&mut task, f),
+        Some(row) => in_progress(&mut task, f, row, now),
+    }
+    task
+}
+
+fn succeeded(run: &Option<RunRecord>) -> bool {
+    run.as_ref()
+        .is_some_and(|r| r.outcome == RunOutcome::Succeeded)
+}
+
+fn completed(task: &mut TaskStatus, f: &Facts) {
+    let (_, _, done) = verbs(f.kind.action());
+    task.status = "completed";
+    task.progress = 100;
+    task.message = format!("Cluster {} {done}", f.name);
+    if let Some(run) = &f.own {
+        task.logs = run.output_tail.clone();
         task.updated_at = Some(time::iso(
             run.ended_at.as_deref().unwrap_or(&run.started_at),
         ));
-        task.logs = match run.outcome {
-            RunOutcome::Running => app.live_lines(run.id).unwrap_or_default(),
-            _ => run.output_tail.clone(),
-        };
     }
-    let completed = |task: &mut TaskStatus| {
-        task.status = "completed";
-        task.progress = 100;
-        task.message = format!("Cluster {name} {done}");
-        task.completed_at = task.updated_at.clone();
+    task.completed_at = task.updated_at.clone();
+}
+
+fn superseded(task: &mut TaskStatus, f: &Facts, why: String) {
+    let error = format!("superseded: cluster {} {why}", f.name);
+    task.status = "failed";
+    task.progress = 100;
+    task.message = error.clone();
+    task.error = Some(error);
+    task.completed_at = task.updated_at.clone();
+}
+
+/// The declaration is in force and not reached: what runs for it, or why nothing does.
+fn in_progress(task: &mut TaskStatus, f: &Facts, row: &ClusterRecord, now: &Activity) {
+    let (verb, _, _) = verbs(f.kind.action());
+    let name = &f.name;
+    let Some(run) = &f.latest else {
+        task.message = waiting(f, row, now);
+        return;
     };
-    if let Some(row) = row {
-        if kind.reached(row) {
-            completed(&mut task);
-            return task;
-        }
-        let wanted = row.desired == kind.goal();
-        let older =
-            run.is_some_and(|r| r.generation < row.generation && r.outcome != RunOutcome::Running);
-        if !wanted && run.is_none() {
-            task.status = "failed";
-            task.progress = 100;
-            task.error = Some(format!(
-                "superseded: cluster {name} is now declared {}",
-                row.desired
-            ));
-            task.message = task.error.clone().unwrap_or_default();
-            task.completed_at = task.updated_at.clone();
-            return task;
-        }
-        if wanted && (run.is_none() || older) {
-            if let Some(next) = &row.next_attempt_at {
-                task.message = format!(
-                    "Waiting to {verb} cluster {name}: attempt {} at {}",
-                    row.attempts + 1,
-                    time::iso(next)
-                );
-            }
-            return task;
-        }
-    }
-    let Some(run) = run else { return task };
-    let wanted_again = row.is_some_and(|r| r.desired == kind.goal());
+    task.updated_at = Some(time::iso(
+        run.ended_at.as_deref().unwrap_or(&run.started_at),
+    ));
+    let current = run.generation == row.generation;
+    let headline = run
+        .error
+        .as_deref()
+        .and_then(|e| e.lines().next())
+        .unwrap_or("failed")
+        .to_owned();
     match run.outcome {
         RunOutcome::Running => {
+            let (_, doing, _) = verbs(run.action);
             task.status = "running";
             task.progress = 50;
-            task.message = format!("{doing} cluster {name}");
+            task.message = format!("{doing} cluster {name} (attempt {})", run.attempt);
+            if run.action != f.kind.action() && run.action != Action::Probe {
+                task.message
+                    .push_str(&format!("; then kindler goes on to {verb} it"));
+            }
+            task.logs = now.live_lines.clone().unwrap_or_default();
         }
-        RunOutcome::Succeeded => completed(&mut task),
-        RunOutcome::Cancelled | RunOutcome::Interrupted if wanted_again => {
-            task.message = run
-                .error
-                .clone()
-                .unwrap_or_else(|| format!("Waiting to {verb} cluster {name}"));
-        }
-        RunOutcome::Failed
-        | RunOutcome::TimedOut
-        | RunOutcome::Cancelled
-        | RunOutcome::Interrupted => {
-            task.status = "failed";
-            task.progress = 100;
+        RunOutcome::Failed | RunOutcome::TimedOut if current => {
             task.error = run.error.clone();
-            let headline = run
-                .error
-                .as_deref()
-                .and_then(|e| e.lines().next())
-                .unwrap_or("failed");
-            task.message = match row.and_then(|r| r.next_attempt_at.as_deref()) {
-                Some(next) if wanted_again => {
-                    format!("{headline}; kindler retries at {}", time::iso(next))
-                }
-                _ => headline.to_owned(),
+            task.logs = run.output_tail.clone();
+            task.message = match row.next_attempt_at.as_deref() {
+                Some(next) => format!(
+                    "{headline}; kindler retries at {} (attempt {})",
+                    time::iso(next),
+                    row.attempts + 1
+                ),
+                None => format!("{headline}; kindler retries now"),
             };
-            task.completed_at = task.updated_at.clone();
+        }
+        RunOutcome::Cancelled | RunOutcome::Interrupted if current => {
+            task.logs = run.output_tail.clone();
+            task.message = format!("{headline}; kindler redoes it");
+        }
+        _ => task.message = waiting(f, row, now),
+    }
+}
+
+/// Why nothing runs yet for a declaration in force.
+fn waiting(f: &Facts, row: &ClusterRecord, now: &Activity) -> String {
+    let (verb, _, _) = verbs(f.kind.action());
+    let base = format!("Waiting to {verb} cluster {}", f.name);
+    if let Some(why) = &now.degraded {
+        return format!("{base}: kindler cannot act now ({why})");
+    }
+    let due = row.next_attempt_at.as_deref().and_then(time::parse);
+    if let (Some(next), Some(due)) = (row.next_attempt_at.as_deref(), due) {
+        if due > std::time::SystemTime::now() {
+            return format!(
+                "{base}: attempt {} at {}",
+                row.attempts + 1,
+                time::iso(next)
+            );
         }
     }
-    task
+    if now.capacity > 0 && now.running >= now.capacity {
+        return format!(
+            "{base}: {} of {} actions are running; it starts when one ends",
+            now.running, now.capacity
+        );
+    }
+    base
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{AddOnStatus, ClusterSpec, Provider};
+
+    fn name(n: &str) -> ClusterName {
+        ClusterName::parse(n).unwrap()
+    }
 
     #[test]
     fn task_ids_read_both_ways() {
-        let dev = ClusterName::parse("dev").unwrap();
+        let dev = name("dev");
         assert_eq!(TaskKind::Delete.id(&dev), "reconcile-delete-dev");
         let r = readings("reconcile-delete-dev");
         assert_eq!(r.len(), 2);
         assert_eq!(r[0], (TaskKind::Delete, dev.clone()));
-        assert_eq!(
-            r[1],
-            (TaskKind::Create, ClusterName::parse("delete-dev").unwrap())
-        );
+        assert_eq!(r[1], (TaskKind::Create, name("delete-dev")));
         assert_eq!(readings("reconcile-dev"), [(TaskKind::Create, dev)]);
         assert!(readings("something-else").is_empty());
         assert!(readings("reconcile-Bad Name").is_empty());
+    }
+
+    fn row(desired: DesiredState, actual: ActualState, generation: i64) -> ClusterRecord {
+        ClusterRecord {
+            id: 1,
+            spec: ClusterSpec {
+                name: name("dev"),
+                provider: Provider::K3d,
+                node_port: 30080,
+                pf_port: 19001,
+                http_port: 18090,
+                https_port: 18443,
+                cluster_subnet: None,
+                register_portainer: true,
+                haproxy_route: true,
+                register_argocd: true,
+            },
+            desired,
+            actual,
+            created_at: Some("2026-12-01 10:00:00.000".into()),
+            updated_at: Some("2026-12-01 10:00:01.000".into()),
+            last_reconciled_at: None,
+            last_transition_at: None,
+            next_attempt_at: None,
+            reconcile_error: None,
+            generation,
+            observed_generation: 0,
+            attempts: 0,
+            last_action: None,
+            nodes_ready: None,
+            nodes_total: None,
+            add_ons: AddOnStatus::UNKNOWN,
+        }
+    }
+
+    fn run(action: Action, outcome: RunOutcome, generation: i64) -> RunRecord {
+        RunRecord {
+            id: 7,
+            cluster_id: 1,
+            cluster_name: "dev".into(),
+            action,
+            generation,
+            attempt: 2,
+            outcome,
+            started_at: "2026-12-01 10:00:02.000".into(),
+            ended_at: (outcome != RunOutcome::Running).then(|| "2026-12-01 10:00:03.000".into()),
+            duration_ms: None,
+            exit_code: Some(69),
+            signal: None,
+            error: (outcome == RunOutcome::Failed)
+                .then(|| format!("{action} failed (exit status 69)\nlast output:\nno docker")),
+            output_tail: vec!["no docker".into()],
+        }
+    }
+
+    fn facts(
+        kind: TaskKind,
+        row: Option<ClusterRecord>,
+        own: Option<RunRecord>,
+        latest: Option<RunRecord>,
+    ) -> Facts {
+        Facts {
+            kind,
+            name: name("dev"),
+            row,
+            own,
+            latest,
+        }
+    }
+
+    fn status(f: &Facts, now: &Activity) -> (&'static str, String, Option<String>) {
+        let t = describe("t", f, now);
+        (t.status, t.message, t.error)
+    }
+
+    #[test]
+    fn a_start_follows_the_create_the_reconciler_runs_for_it() {
+        use {ActualState as A, DesiredState as D};
+        let idle = Activity {
+            capacity: 3,
+            ..Activity::default()
+        };
+        // start of a cluster whose create failed: the retries are creates.
+        let mut r = row(D::Present, A::Failed, 1);
+        r.attempts = 2;
+        r.next_attempt_at = Some("2999-01-01 00:00:00.000".into());
+        let failed_create = run(Action::Create, RunOutcome::Failed, 1);
+        let f = facts(TaskKind::Start, Some(r.clone()), None, Some(failed_create));
+        let (s, message, error) = status(&f, &idle);
+        assert_eq!(s, "pending", "kindler retries, so the task is not over");
+        assert_eq!(
+            message,
+            "create failed (exit status 69); kindler retries at 2999-01-01T00:00:00.000Z (attempt 3)"
+        );
+        assert!(error.unwrap().contains("no docker"));
+
+        let running_create = run(Action::Create, RunOutcome::Running, 1);
+        let f = facts(TaskKind::Start, Some(r.clone()), None, Some(running_create));
+        let live = Activity {
+            live_lines: Some(vec!["pulling".into()]),
+            ..idle.clone()
+        };
+        let t = describe("t", &f, &live);
+        assert_eq!(t.status, "running");
+        assert_eq!(
+            t.message,
+            "Creating cluster dev (attempt 2); then kindler goes on to start it"
+        );
+        assert_eq!(t.logs, ["pulling"]);
+
+        let mut done = r;
+        done.actual = A::Running;
+        let f = facts(TaskKind::Start, Some(done), None, None);
+        assert_eq!(status(&f, &idle).0, "completed");
+    }
+
+    #[test]
+    fn a_waiting_task_says_why_it_waits() {
+        use {ActualState as A, DesiredState as D};
+        let r = row(D::Stopped, A::Running, 2);
+        let older = run(Action::Create, RunOutcome::Succeeded, 1);
+        let f = facts(TaskKind::Stop, Some(r.clone()), None, Some(older));
+        let full = Activity {
+            running: 3,
+            capacity: 3,
+            ..Activity::default()
+        };
+        assert_eq!(
+            status(&f, &full).1,
+            "Waiting to stop cluster dev: 3 of 3 actions are running; it starts when one ends"
+        );
+        let degraded = Activity {
+            degraded: Some("the database is locked".into()),
+            ..full
+        };
+        let (s, message, _) = status(&f, &degraded);
+        assert_eq!(s, "pending");
+        assert_eq!(
+            message,
+            "Waiting to stop cluster dev: kindler cannot act now (the database is locked)"
+        );
+    }
+
+    #[test]
+    fn only_a_replaced_declaration_fails_and_a_reached_one_completes() {
+        use {ActualState as A, DesiredState as D};
+        let idle = Activity::default();
+        // create, then stop declared before the create succeeded: the create task failed.
+        let r = row(D::Stopped, A::Creating, 2);
+        let f = facts(TaskKind::Create, Some(r.clone()), None, None);
+        let (s, message, _) = status(&f, &idle);
+        assert_eq!(
+            (s, message.as_str()),
+            ("failed", "superseded: cluster dev is now declared stopped")
+        );
+        // ... unless its create had succeeded before the stop was declared.
+        let ok = run(Action::Create, RunOutcome::Succeeded, 1);
+        let f = facts(TaskKind::Create, Some(r), Some(ok.clone()), Some(ok));
+        assert_eq!(status(&f, &idle).0, "completed");
+        // a delete whose row is gone is done; a create whose row is gone is not.
+        let f = facts(TaskKind::Delete, None, None, None);
+        assert_eq!(status(&f, &idle).1, "Cluster dev deleted");
+        let failed = run(Action::Create, RunOutcome::Failed, 1);
+        let f = facts(TaskKind::Create, None, Some(failed), None);
+        assert_eq!(
+            status(&f, &idle).1,
+            "superseded: cluster dev no longer exists"
+        );
+        // an interrupted run of the declaration in force is redone.
+        let r = row(D::Present, A::Creating, 1);
+        let mut cut = run(Action::Create, RunOutcome::Interrupted, 1);
+        cut.error = Some("create was interrupted because kindler is stopping".into());
+        let f = facts(TaskKind::Create, Some(r), None, Some(cut));
+        assert_eq!(
+            status(&f, &idle).1,
+            "create was interrupted because kindler is stopping; kindler redoes it"
+        );
     }
 }

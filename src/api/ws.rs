@@ -170,16 +170,19 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let ids: Vec<String> = subscribed.keys().cloned().collect();
-    let lookup = app.clone();
-    let statuses = app
+    let found = app
         .store
         .read(move |conn| {
             ids.into_iter()
-                .map(|id| Ok((id.clone(), tasks::status(conn, &lookup, &id)?)))
+                .map(|id| Ok((tasks::facts(conn, &id)?, id)))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
         .map_err(|e| log::warn(&format!("WebSocket task lookup failed: {e}")))?;
+    let statuses = found.into_iter().map(|(facts, id)| {
+        let status = facts.map(|f| tasks::describe(&id, &f, &super::routes::activity(app, &f)));
+        (id, status)
+    });
     for (id, status) in statuses {
         let Some(status) = status else { continue };
         let update = serde_json::json!({"type": "task_update", "task": status}).to_string();

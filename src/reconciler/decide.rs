@@ -6,7 +6,8 @@
 //! | absent    | anything                                | delete, then drop the row |
 //! | present   | running                                 | probe, every resync       |
 //! | present   | stopped, starting, stopping             | start                     |
-//! | present   | failed after a start or stop            | start                     |
+//! | present   | failed after a stop, or after < 2 starts | start                    |
+//! | present   | failed after 2 starts in a row          | create (containers gone?) |
 //! | present   | unknown, creating, deleting, failed     | create                    |
 //! | stopped   | stopped                                 | nothing                   |
 //! | stopped   | running, starting, stopping, failed stop/start | stop               |
@@ -40,6 +41,11 @@ pub struct Policy {
     pub honour_timers: bool,
 }
 
+/// After this many failed starts in a row kindler creates the cluster instead: its
+/// containers may be gone (removed while it was stopped), and a create script copes with a
+/// cluster that exists (the default one starts it).
+pub const STARTS_BEFORE_CREATE: u32 = 2;
+
 pub fn decide(c: &ClusterRecord, now: SystemTime, policy: Policy) -> Decision {
     if policy.honour_timers {
         if let Some(due) = c.next_attempt_at.as_deref().and_then(time::parse) {
@@ -49,10 +55,12 @@ pub fn decide(c: &ClusterRecord, now: SystemTime, policy: Policy) -> Decision {
         }
     }
     let after_power_action = matches!(c.last_action, Some(Action::Start | Action::Stop));
+    let starts_failed = c.last_action == Some(Action::Start) && c.attempts >= STARTS_BEFORE_CREATE;
     let action = match (c.desired, c.actual) {
         (D::Absent, _) => Action::Delete,
         (D::Present, A::Running) => return resync(c, now, policy),
         (D::Present, A::Stopped | A::Starting | A::Stopping) => Action::Start,
+        (D::Present, A::Failed) if starts_failed => Action::Create,
         (D::Present, A::Failed) if after_power_action => Action::Start,
         (D::Present, A::Unknown | A::Creating | A::Deleting | A::Failed) => Action::Create,
         (D::Stopped, A::Stopped) => return Decision::Idle,
@@ -149,6 +157,28 @@ mod tests {
                 "{desired} {actual} {last:?}"
             );
         }
+    }
+
+    #[test]
+    fn failed_starts_fall_back_to_create() {
+        let mut c = record(D::Present, A::Failed, Some(Action::Start));
+        c.attempts = 1;
+        assert_eq!(
+            decide(&c, SystemTime::now(), DAEMON),
+            Decision::Act(Action::Start)
+        );
+        c.attempts = STARTS_BEFORE_CREATE;
+        assert_eq!(
+            decide(&c, SystemTime::now(), DAEMON),
+            Decision::Act(Action::Create)
+        );
+        // A stopped cluster whose stops fail keeps being stopped, not created.
+        let mut c = record(D::Stopped, A::Failed, Some(Action::Stop));
+        c.attempts = 5;
+        assert_eq!(
+            decide(&c, SystemTime::now(), DAEMON),
+            Decision::Act(Action::Stop)
+        );
     }
 
     #[test]

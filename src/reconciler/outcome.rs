@@ -65,15 +65,20 @@ impl Verdict {
         Verdict { outcome, headline }
     }
 
-    /// The cluster's `reconcile_error`: the headline and the last output lines.
+    /// The cluster's `reconcile_error`: the headline on the first line, then the last
+    /// output lines (blank ones left out) of a failure.
     fn error_text(&self, tail: &[String]) -> Option<String> {
         let headline = self.headline.as_ref()?;
-        let skip = tail.len().saturating_sub(ERROR_LINES);
-        let lines = &tail[skip..];
+        let said: Vec<&str> = tail
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let lines = &said[said.len().saturating_sub(ERROR_LINES)..];
         if lines.is_empty() || !matches!(self.outcome, RunOutcome::Failed | RunOutcome::TimedOut) {
             return Some(headline.clone());
         }
-        Some(format!("{headline}; last output:\n{}", lines.join("\n")))
+        Some(format!("{headline}\nlast output:\n{}", lines.join("\n")))
     }
 }
 
