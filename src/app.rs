@@ -26,6 +26,8 @@ pub struct App {
     pub wake: Notify,
     /// Runs in progress, by run id: their output so far and their processes.
     pub live: Mutex<HashMap<i64, LiveRun>>,
+    /// Changes with every output line of a run in progress (watched by the WebSocket).
+    pub live_changed: Arc<tokio::sync::watch::Sender<()>>,
     /// The reconciler loop's last turn, for the watchdog.
     pub heartbeat: Heartbeat,
     /// Cancelled when the daemon begins to stop.
@@ -42,6 +44,8 @@ pub struct App {
 pub struct LiveRun {
     pub tail: Arc<Mutex<Tail>>,
     pub target: Arc<Mutex<Option<Target>>>,
+    /// Told of every line added to `tail`.
+    pub changed: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 impl App {
@@ -51,6 +55,7 @@ impl App {
             settings: RwLock::new(Arc::new(settings)),
             wake: Notify::new(),
             live: Mutex::new(HashMap::new()),
+            live_changed: Arc::new(tokio::sync::watch::Sender::new(())),
             heartbeat: Heartbeat::new(),
             shutdown: CancellationToken::new(),
             responses: ResponseCache::default(),

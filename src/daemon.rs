@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use nix::fcntl::{Flock, FlockArg};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::api;
 use crate::app::{App, AppRef};
@@ -17,6 +18,9 @@ use crate::log::{self, ids, Event, Priority};
 use crate::reconciler::{Mode, PassReport, Reconciler};
 use crate::store::{clusters, Store};
 use crate::systemd::{self, Listener};
+
+/// Longest a reload may take to read the configuration.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A start-up failure, with the exit status it maps to.
 pub struct Fatal {
@@ -146,14 +150,17 @@ pub async fn serve(
     )
     .id(ids::DAEMON_READY)
     .emit();
-    if let Some(interval) = systemd::watchdog_interval() {
-        tokio::spawn(watchdog(app.clone(), interval));
-    }
+    let watchdog =
+        systemd::watchdog_interval().map(|every| tokio::spawn(watchdog(app.clone(), every)));
 
     shutdown.cancelled().await;
     let _ = api.await;
     let _ = reconciler.await;
-    signals.abort();
+    // Nothing of kindler's may still run when the runtime shuts down.
+    for task in std::iter::once(signals).chain(watchdog) {
+        task.abort();
+        let _ = task.await;
+    }
     log::info("kindler stopped");
     Ok(())
 }
@@ -182,9 +189,17 @@ async fn handle_signals(
     loader: Loader,
     shutdown: CancellationToken,
 ) {
+    // A reload runs beside this loop, so that a stop is heard while it reads the file.
+    let mut reloading: Option<AbortOnDropHandle<()>> = None;
     while let Some(signal) = signals.next().await {
         match signal {
-            SIGHUP => reload(&app, &loader).await,
+            SIGHUP if reloading.as_ref().is_some_and(|r| !r.is_finished()) => log::warn(
+                "SIGHUP: the previous reload is still reading the configuration; this one is skipped",
+            ),
+            SIGHUP => {
+                let task = tokio::spawn(reload(app.clone(), loader.clone()));
+                reloading = Some(AbortOnDropHandle::new(task));
+            }
             _ if shutdown.is_cancelled() => force_stop(&app),
             _ => {
                 let name = if signal == SIGINT {
@@ -219,17 +234,27 @@ fn force_stop(app: &AppRef) -> ! {
     std::process::exit(1)
 }
 
-async fn reload(app: &AppRef, loader: &Loader) {
-    let new = match loader.load() {
-        Ok(s) => s,
-        Err(e) => {
-            Event::new(
-                Priority::Error,
-                format!("SIGHUP: the new configuration is refused, the old one stays: {e}"),
-            )
-            .id(ids::CONFIG_REJECTED)
-            .emit();
-            return;
+/// Reads the configuration again (off the async workers, and for a bounded time: the file
+/// may sit on a slow or hung file system) and applies it, or keeps the old one.
+async fn reload(app: AppRef, loader: Loader) {
+    let read = tokio::task::spawn_blocking(move || loader.load());
+    let refused = |why: String| {
+        Event::new(
+            Priority::Error,
+            format!("SIGHUP: the new configuration is refused, the old one stays: {why}"),
+        )
+        .id(ids::CONFIG_REJECTED)
+        .emit();
+    };
+    let new = match tokio::time::timeout(RELOAD_TIMEOUT, read).await {
+        Ok(Ok(Ok(settings))) => settings,
+        Ok(Ok(Err(e))) => return refused(e.to_string()),
+        Ok(Err(e)) => return refused(format!("reading it failed: {e}")),
+        Err(_) => {
+            return refused(format!(
+                "reading it took longer than {}",
+                humantime::format_duration(RELOAD_TIMEOUT)
+            ))
         }
     };
     systemd::reloading();

@@ -63,6 +63,8 @@ pub struct Health {
     ignored: Mutex<BTreeMap<i64, IgnoredRow>>,
     /// The clusters' summary, the part of STATUS the reconciler keeps current.
     summary: Mutex<String>,
+    /// Changes whenever a problem begins or ends.
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 impl Health {
@@ -176,6 +178,12 @@ impl Health {
 
     fn publish(&self) {
         systemd::status(&self.status_line());
+        self.changed.send_replace(());
+    }
+
+    /// Changes whenever a problem begins or ends (or the summary changes).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
     }
 }
 

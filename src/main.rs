@@ -136,7 +136,11 @@ fn serve(loader: Loader) -> i32 {
     report((|| {
         let settings = load(&loader)?;
         log::init(settings.log_target, settings.log_level);
-        runtime().block_on(daemon::serve(loader, settings, activated))?;
+        let runtime = runtime();
+        let served = runtime.block_on(daemon::serve(loader, settings, activated));
+        // A reload may still wait for a file that does not answer; it does not hold up exit.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        served?;
         Ok(0)
     })())
 }

@@ -257,8 +257,10 @@ fn forgetting_a_cluster_ends_its_running_action() {
     eventually(10 * SEC, "the delete's processes to end", || {
         env.alive("delete-stuck").is_empty().then_some(())
     });
-    let history = env.get("/api/clusters/stuck/history").json();
-    assert_eq!(history[0]["outcome"], "cancelled", "{history}");
+    eventually(10 * SEC, "the delete to be recorded as cancelled", || {
+        let history = env.get("/api/clusters/stuck/history").json();
+        (history[0]["outcome"] == "cancelled").then_some(())
+    });
 }
 
 #[test]
@@ -340,4 +342,117 @@ fn failed_starts_fall_back_to_create() {
     assert_eq!(env.starts("create", "gone").len(), 2, "then a create");
     let task = env.get("/api/tasks/reconcile-start-gone").json();
     assert_eq!(task["status"], "completed", "{task}");
+}
+
+#[test]
+fn websocket_clients_get_a_close_frame_and_the_daemon_exits_cleanly_at_a_stop() {
+    use tokio_tungstenite::tungstenite::{
+        client::client, protocol::frame::coding::CloseCode, Message,
+    };
+    let env = Env::new();
+    for round in 0..3 {
+        let mut d = env.start(&[]);
+        let mut clients = Vec::new();
+        for c in 0..12 {
+            let stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+            stream.set_read_timeout(Some(10 * SEC)).unwrap();
+            let (mut ws, _) =
+                client(format!("ws://127.0.0.1:{}/ws/tasks", env.port), stream).expect("handshake");
+            // 64 subscriptions are allowed per connection; the 65th is refused.
+            for i in 0..65 {
+                let id = format!("reconcile-nothing-{c}-{i}");
+                ws.send(Message::text(format!(
+                    r#"{{"type":"subscribe","task_id":"{id}"}}"#
+                )))
+                .unwrap();
+            }
+            // The pong says every subscription before it was read.
+            ws.send(Message::text(r#"{"type":"ping"}"#)).unwrap();
+            let mut refused = 0;
+            loop {
+                let msg = ws.read().expect("pong");
+                let text = msg.to_text().unwrap_or("");
+                refused += text.contains("at most 64 subscriptions") as usize;
+                if text.contains("pong") {
+                    break;
+                }
+            }
+            assert_eq!(refused, 1, "client {c}");
+            clients.push(ws);
+        }
+        d.signal(libc::SIGTERM);
+        let status = d.wait_exit(15 * SEC).expect("the daemon exits");
+        assert!(
+            status.success(),
+            "round {round}: {status:?}\n{}",
+            d.log_text()
+        );
+        for (i, mut ws) in clients.into_iter().enumerate() {
+            let frame = loop {
+                match ws.read() {
+                    Ok(Message::Close(frame)) => break frame,
+                    Ok(_) => continue,
+                    Err(e) => panic!("round {round}, client {i}: no close frame: {e}"),
+                }
+            };
+            let frame = frame.expect("a close frame with a code");
+            assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
+        }
+    }
+}
+
+#[test]
+fn connections_accepted_before_a_stop_get_their_answer() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let mut d = env.start(&[]);
+    let mut conns: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap())
+        .collect();
+    // A request on a later connection is answered only after the accept loop took the
+    // earlier ones: all 20 are now the daemon's, none has sent anything yet.
+    assert_eq!(env.get("/api/health").status, 200);
+    d.signal(libc::SIGTERM);
+    for c in &mut conns {
+        c.set_read_timeout(Some(20 * SEC)).unwrap();
+        c.write_all(b"GET /api/config HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+    }
+    assert!(d.wait_exit(10 * SEC).expect("stops").success());
+    // systemd keeps the socket; the next kindler answers what the old one did not accept.
+    let _d2 = env.start(&[]);
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "connection {i} got {answer:?} instead of its answer"
+        );
+    }
+}
+
+#[test]
+fn sighup_with_a_fifo_at_the_configuration_path_blocks_nothing() {
+    let env = Env::new();
+    let path = env.dir.path().join("kindler.toml");
+    std::fs::write(&path, "base_domain = \"before\"\n").unwrap();
+    let cmd = env.command(&["--config", path.to_str().unwrap()]);
+    let mut d = env.spawn(cmd);
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    d.signal(libc::SIGHUP);
+    // The API keeps answering at once while (and after) the reload looks at the FIFO.
+    for _ in 0..10 {
+        let r = common::try_request(env.port, "GET", "/api/config", None, 2 * SEC)
+            .expect("an answer within 2 s");
+        assert_eq!(r.status, 200);
+    }
+    eventually(15 * SEC, "the reload to be refused", || {
+        d.log_text()
+            .contains("the new configuration is refused, the old one stays")
+            .then_some(())
+    });
+    assert_eq!(env.get("/api/config").json()["base_domain"], "before");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(5 * SEC).expect("stops promptly").success());
 }

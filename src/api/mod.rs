@@ -11,6 +11,7 @@ mod views;
 mod ws;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +31,12 @@ use crate::systemd::Listener;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long requests in flight may take to finish once a stop began.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection accepted just before a stop may take to send its first request:
+/// a client that connected has a right to its answer (the connections not accepted yet
+/// wait in the socket, which systemd keeps open, for the next kindler).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+/// How long a WebSocket client gets to take its close frame at a stop.
+const CLOSE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections served at once. Beyond it kindler stops accepting, and new clients wait in
 /// the listen backlog rather than using up the process's file descriptors (1024 under
 /// systemd's default soft limit) that scripts' pipes and the store need too.
@@ -41,13 +48,22 @@ pub use routes::health;
 /// returns. Listeners are closed on return; a socket systemd passed stays open in
 /// systemd, so clients of a restarting daemon wait instead of being refused.
 pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: CancellationToken) {
+    // Every connection and WebSocket runs in a task of this tracker, so that none is left
+    // running when the daemon returns (a task still running while the runtime shuts down
+    // would panic at its next use of the runtime).
     let connections = TaskTracker::new();
+    // Cancelled when the drain time is over: what still runs is dropped.
+    let hard_stop = CancellationToken::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut loops = Vec::new();
     let mut owned_paths = Vec::new();
     for listener in listeners {
         let (app, shutdown, connections) = (app.clone(), shutdown.clone(), connections.clone());
         let slots = slots.clone();
+        let stop = Stop {
+            graceful: shutdown.clone(),
+            hard: hard_stop.clone(),
+        };
         match listener {
             Listener::Tcp(std_listener) => match tokio::net::TcpListener::from_std(std_listener) {
                 Ok(l) => loops.push(tokio::spawn(async move {
@@ -60,7 +76,7 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
                             accepted = l.accept() => match accepted {
                                 Ok((stream, _)) => {
                                     let _ = stream.set_nodelay(true);
-                                    connection(&connections, &app, &shutdown, stream, slot);
+                                    connection(&connections, &app, &stop, stream, slot);
                                 }
                                 Err(e) => accept_failed(e).await,
                             }
@@ -78,7 +94,7 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
                             tokio::select! {
                                 _ = shutdown.cancelled() => break,
                                 accepted = l.accept() => match accepted {
-                                    Ok((stream, _)) => connection(&connections, &app, &shutdown, stream, slot),
+                                    Ok((stream, _)) => connection(&connections, &app, &stop, stream, slot),
                                     Err(e) => accept_failed(e).await,
                                 }
                             }
@@ -101,7 +117,18 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
         .is_err()
     {
         log::warn("some HTTP requests did not finish in time and were dropped");
+        hard_stop.cancel();
+        connections.wait().await;
     }
+}
+
+/// The two ends of a connection's life at a stop.
+#[derive(Clone)]
+pub struct Stop {
+    /// A stop began: finish the request in flight, then close.
+    pub graceful: CancellationToken,
+    /// The drain time is over: close now.
+    pub hard: CancellationToken,
 }
 
 /// Waits for room for one more connection; `None` once a stop began.
@@ -124,19 +151,28 @@ async fn accept_failed(e: std::io::Error) {
 fn connection<T>(
     connections: &TaskTracker,
     app: &AppRef,
-    shutdown: &CancellationToken,
+    stop: &Stop,
     io: T,
     slot: OwnedSemaphorePermit,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (app, shutdown) = (app.clone(), shutdown.clone());
+    let (app, stop, tracker) = (app.clone(), stop.clone(), connections.clone());
     connections.spawn(async move {
         let _slot = slot; // held until the connection ends
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(routes::handle(app, req).await) }
-        });
+        let requests = Arc::new(AtomicU64::new(0));
+        let first_request = Arc::new(Notify::new());
+        let service = {
+            let (requests, first_request, stop) =
+                (requests.clone(), first_request.clone(), stop.clone());
+            service_fn(move |req| {
+                let (app, tracker, stop) = (app.clone(), tracker.clone(), stop.clone());
+                if requests.fetch_add(1, Ordering::Relaxed) == 0 {
+                    first_request.notify_one();
+                }
+                async move { Ok::<_, Infallible>(routes::handle(app, &tracker, &stop, req).await) }
+            })
+        };
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
@@ -145,12 +181,22 @@ fn connection<T>(
             .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = shutdown.cancelled() => {
-                // Finishes the request in flight, then closes; idle connections close now.
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+            _ = conn.as_mut() => return,
+            _ = stop.graceful.cancelled() => {}
+        }
+        // Accepted, but its request has not arrived yet: it gets a moment to send it.
+        if requests.load(Ordering::Relaxed) == 0 {
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = first_request.notified() => {}
+                _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
             }
+        }
+        // Finishes the request in flight, then closes; an idle connection closes now.
+        conn.as_mut().graceful_shutdown();
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = stop.hard.cancelled() => {}
         }
     });
 }

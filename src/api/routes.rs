@@ -6,12 +6,15 @@ use hyper::body::Incoming;
 use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, Request, StatusCode};
 
+use tokio_util::task::TaskTracker;
+
 use super::create;
 use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
 use super::tasks::{self, TaskKind};
 use super::views::{
     ClusterInfo, ClusterStatus, ConfigView, Health, ProblemView, RunView, TaskCreate,
 };
+use super::Stop;
 use crate::app::AppRef;
 use crate::log::{ids, Event, Priority};
 use crate::model::{ClusterName, DesiredState};
@@ -27,14 +30,24 @@ const HISTORY_LIMIT: u32 = 50;
 /// A reconciler that has not turned for this long (plus two poll intervals) is stuck.
 const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub async fn handle(app: AppRef, req: Request<Incoming>) -> Reply {
-    match route(app, req).await {
+pub async fn handle(
+    app: AppRef,
+    connections: &TaskTracker,
+    stop: &Stop,
+    req: Request<Incoming>,
+) -> Reply {
+    match route(app, connections, stop, req).await {
         Ok(reply) => reply,
         Err(e) => e.reply(),
     }
 }
 
-async fn route(app: AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
+async fn route(
+    app: AppRef,
+    connections: &TaskTracker,
+    stop: &Stop,
+    req: Request<Incoming>,
+) -> Result<Reply, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     // HEAD is GET without the body (hyper leaves the body out), as monitors expect.
@@ -94,7 +107,7 @@ async fn route(app: AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
         }
         ["ws", "tasks"] => {
             only(&method, &Method::GET, "GET")?;
-            Ok(super::ws::upgrade(app, req))
+            Ok(super::ws::upgrade(app, connections, stop, req))
         }
         _ => Err(ApiError::NotFound("Not Found".into())),
     }

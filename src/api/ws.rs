@@ -3,11 +3,12 @@
 //! The client subscribes to task ids (`{"type":"subscribe","task_id":"…"}`), unsubscribes,
 //! and pings every 30 s. The server sends `{"type":"task_update","task": TaskStatus}` when
 //! a subscribed task is first seen and whenever it changes after that. Task status is
-//! derived from the store (see `tasks.rs`), so the connection looks every
-//! [`LOOK_EVERY`] while it has subscriptions.
+//! derived from the store and the runs in progress (see `tasks.rs`); a connection looks
+//! again only when one of them changed (a commit, a script's output line, health), at most
+//! once per [`LOOK_EVERY`], so idle subscriptions cost nothing.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -18,18 +19,22 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use tokio_util::task::TaskTracker;
+
 use super::response::{json, Reply};
 use super::tasks;
+use super::Stop;
 use crate::app::AppRef;
 use crate::log;
 
 const LOOK_EVERY: Duration = Duration::from_millis(500);
-/// Subscriptions one connection may hold.
-const MAX_SUBSCRIPTIONS: usize = 256;
+/// Subscriptions one connection may hold (the WebUI holds one per task it started).
+const MAX_SUBSCRIPTIONS: usize = 64;
 /// Largest client message: a subscription is well under 200 bytes. (The library's own
 /// default, 64 MiB, would let a few connections make the daemon hold gigabytes.)
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -50,8 +55,14 @@ enum ClientMessage {
     Ping,
 }
 
-/// Answers the upgrade request and serves the socket in a task of its own.
-pub fn upgrade(app: AppRef, mut req: Request<Incoming>) -> Reply {
+/// Answers the upgrade request and serves the socket in a task of its own (one of the
+/// API's tracked tasks: a stop waits for it, and it ends with a close frame).
+pub fn upgrade(
+    app: AppRef,
+    connections: &TaskTracker,
+    stop: &Stop,
+    mut req: Request<Incoming>,
+) -> Reply {
     let wants_websocket = req
         .headers()
         .get(UPGRADE)
@@ -69,8 +80,13 @@ pub fn upgrade(app: AppRef, mut req: Request<Incoming>) -> Reply {
     };
     let accept = derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match upgrade.await {
+    let stop = stop.clone();
+    connections.spawn(async move {
+        let upgraded = tokio::select! {
+            upgraded = upgrade => upgraded,
+            _ = stop.hard.cancelled() => return,
+        };
+        match upgraded {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
@@ -78,7 +94,7 @@ pub fn upgrade(app: AppRef, mut req: Request<Incoming>) -> Reply {
                     Some(limits()),
                 )
                 .await;
-                serve(app, ws).await;
+                serve(app, &stop, ws).await;
             }
             Err(e) => log::debug(&format!("WebSocket upgrade failed: {e}")),
         }
@@ -94,36 +110,80 @@ pub fn upgrade(app: AppRef, mut req: Request<Incoming>) -> Reply {
     resp
 }
 
-async fn serve<S>(app: AppRef, mut ws: WebSocketStream<S>)
+/// What a subscription last got: the update sent (None: nothing yet, the task is not
+/// known) and whether it said "running" (its live output can change it).
+#[derive(Default)]
+struct Sent {
+    update: Option<String>,
+    running: bool,
+}
+
+/// Which subscriptions a change may have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirty {
+    None,
+    /// Output of a running script: only tasks that are running show it.
+    Running,
+    /// The store or health: any task.
+    All,
+}
+
+async fn serve<S>(app: AppRef, stop: &Stop, mut ws: WebSocketStream<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    // Task id -> the last update sent for it (None: nothing sent yet).
-    let mut subscribed: HashMap<String, Option<String>> = HashMap::new();
-    let mut ticker = tokio::time::interval(LOOK_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut subscribed: HashMap<String, Sent> = HashMap::new();
+    // Nothing is looked up while nothing changes: the connection sleeps until the store
+    // commits, a running script prints, or health changes, then looks at most once per
+    // LOOK_EVERY.
+    let mut store = app.store.watch();
+    let mut live = app.live_changed.subscribe();
+    let mut health = app.health.watch();
+    let mut dirty = Dirty::None;
+    let mut next_look = Instant::now();
     loop {
+        let watching = !subscribed.is_empty();
         tokio::select! {
-            _ = app.shutdown.cancelled() => {
-                let _ = ws.close(None).await;
+            biased;
+            _ = stop.graceful.cancelled() => {
+                // A close frame, sent without waiting long for a client that reads slowly.
+                let frame = CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "kindler is stopping".into(),
+                };
+                let _ = tokio::time::timeout(super::CLOSE_FRAME_TIMEOUT, ws.close(Some(frame))).await;
                 return;
             }
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(reply) = handle(&text, &mut subscribed) {
+                    let (reply, new) = handle(&text, &mut subscribed);
+                    if let Some(reply) = reply {
                         if ws.send(Message::text(reply)).await.is_err() {
                             return;
                         }
                     }
-                    if push_changes(&app, &mut ws, &mut subscribed).await.is_err() {
-                        return;
+                    // A new subscription is answered at once, alone.
+                    if let Some(id) = new {
+                        if push(&app, &mut ws, &mut subscribed, vec![id]).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {} // pings are answered by the library; binary is ignored
             },
-            _ = ticker.tick(), if !subscribed.is_empty() => {
-                if push_changes(&app, &mut ws, &mut subscribed).await.is_err() {
+            Ok(()) = store.changed(), if watching => dirty = Dirty::All,
+            Ok(()) = health.changed(), if watching => dirty = Dirty::All,
+            Ok(()) = live.changed(), if watching => dirty = dirty.max(Dirty::Running),
+            _ = tokio::time::sleep_until(next_look.into()), if watching && dirty != Dirty::None => {
+                let ids = subscribed
+                    .iter()
+                    .filter(|(_, sent)| dirty == Dirty::All || sent.running)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                dirty = Dirty::None;
+                next_look = Instant::now() + LOOK_EVERY;
+                if push(&app, &mut ws, &mut subscribed, ids).await.is_err() {
                     return;
                 }
             }
@@ -131,28 +191,35 @@ where
     }
 }
 
-/// Applies a client message; returns an immediate reply, if any.
-fn handle(text: &str, subscribed: &mut HashMap<String, Option<String>>) -> Option<String> {
+/// Applies a client message; returns an immediate reply, if any, and the task id of a new
+/// subscription.
+fn handle(text: &str, subscribed: &mut HashMap<String, Sent>) -> (Option<String>, Option<String>) {
     match serde_json::from_str::<ClientMessage>(text) {
-        Ok(ClientMessage::Subscribe { task_id }) if task_id.len() > MAX_TASK_ID => Some(error(
-            &format!("task_id is longer than {MAX_TASK_ID} bytes; no such task exists"),
-        )),
-        Ok(ClientMessage::Subscribe { task_id }) => {
-            if subscribed.len() < MAX_SUBSCRIPTIONS {
-                subscribed.entry(task_id).or_insert(None);
-                None
-            } else {
-                Some(error(&format!(
-                    "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
-                )))
-            }
+        Ok(ClientMessage::Subscribe { task_id }) if task_id.len() > MAX_TASK_ID => (
+            Some(error(&format!(
+                "task_id is longer than {MAX_TASK_ID} bytes; no such task exists"
+            ))),
+            None,
+        ),
+        Ok(ClientMessage::Subscribe { task_id }) if subscribed.contains_key(&task_id) => {
+            (None, None)
         }
+        Ok(ClientMessage::Subscribe { task_id }) if subscribed.len() < MAX_SUBSCRIPTIONS => {
+            subscribed.insert(task_id.clone(), Sent::default());
+            (None, Some(task_id))
+        }
+        Ok(ClientMessage::Subscribe { .. }) => (
+            Some(error(&format!(
+                "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+            ))),
+            None,
+        ),
         Ok(ClientMessage::Unsubscribe { task_id }) => {
             subscribed.remove(&task_id);
-            None
+            (None, None)
         }
-        Ok(ClientMessage::Ping) => Some(serde_json::json!({"type": "pong"}).to_string()),
-        Err(e) => Some(error(&format!("cannot read message: {e}"))),
+        Ok(ClientMessage::Ping) => (Some(serde_json::json!({"type": "pong"}).to_string()), None),
+        Err(e) => (Some(error(&format!("cannot read message: {e}"))), None),
     }
 }
 
@@ -160,16 +227,20 @@ fn error(message: &str) -> String {
     serde_json::json!({"type": "error", "message": message}).to_string()
 }
 
-/// Sends an update for every subscribed task whose status changed since the last one.
-async fn push_changes<S>(
+/// Looks up the tasks `ids` and sends an update for each whose status changed since the
+/// last one sent.
+async fn push<S>(
     app: &AppRef,
     ws: &mut WebSocketStream<S>,
-    subscribed: &mut HashMap<String, Option<String>>,
+    subscribed: &mut HashMap<String, Sent>,
+    ids: Vec<String>,
 ) -> Result<(), ()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let ids: Vec<String> = subscribed.keys().cloned().collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
     let found = app
         .store
         .read(move |conn| {
@@ -178,20 +249,21 @@ where
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| log::warn(&format!("WebSocket task lookup failed: {e}")))?;
-    let statuses = found.into_iter().map(|(facts, id)| {
-        let status = facts.map(|f| tasks::describe(&id, &f, &super::routes::activity(app, &f)));
-        (id, status)
-    });
-    for (id, status) in statuses {
-        let Some(status) = status else { continue };
+        .map_err(|e| log::debug(&format!("WebSocket task lookup failed: {e}")))?;
+    for (facts, id) in found {
+        let Some(facts) = facts else { continue };
+        let status = tasks::describe(&id, &facts, &super::routes::activity(app, &facts));
+        let running = status.status == "running";
         let update = serde_json::json!({"type": "task_update", "task": status}).to_string();
-        let last = subscribed.get_mut(&id).ok_or(())?;
-        if last.as_deref() != Some(update.as_str()) {
+        let Some(sent) = subscribed.get_mut(&id) else {
+            continue;
+        };
+        sent.running = running;
+        if sent.update.as_deref() != Some(update.as_str()) {
             ws.send(Message::text(update.clone()))
                 .await
                 .map_err(|_| ())?;
-            *last = Some(update);
+            sent.update = Some(update);
         }
     }
     Ok(())

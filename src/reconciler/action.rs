@@ -87,10 +87,12 @@ pub async fn execute(
         let probe_lines = Arc::new(Mutex::new(Vec::new()));
         let mut on_line = {
             let tail = live.tail.clone();
+            let changed = live.changed.clone();
             let probe_lines = probe_lines.clone();
             let journal = &mut journal;
             move |line: &str| {
                 tail.lock().unwrap().push(line);
+                changed.send_replace(());
                 journal.line(line);
                 if step == Action::Probe {
                     probe_lines.lock().unwrap().push(line.to_owned());

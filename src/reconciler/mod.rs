@@ -605,6 +605,7 @@ impl Reconciler {
         let live = LiveRun {
             tail: Arc::new(Mutex::new(Tail::new(settings.output_tail_lines))),
             target: Arc::new(Mutex::new(None)),
+            changed: self.app.live_changed.clone(),
         };
         self.app.live.lock().unwrap().insert(run_id, live.clone());
         let cancel = CancellationToken::new();

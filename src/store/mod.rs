@@ -83,9 +83,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Last `PRAGMA data_version` seen on the writer connection (see `external_change`).
     data_version: Mutex<i64>,
-    /// Bumped after every commit kindler makes and whenever another program's commit is
-    /// noticed: anything derived from the store at one epoch is current until it moves.
-    epoch: Arc<AtomicU64>,
+    epoch: Arc<Epoch>,
     /// The files kindler opened, to notice when they are removed or replaced.
     identity: Arc<identity::Identity>,
 }
@@ -120,7 +118,7 @@ impl Store {
         let identity = Arc::new(identity::Identity::of(path).map_err(|e| {
             StoreError::Unavailable(format!("cannot look at {}: {e}", path.display()))
         })?);
-        let epoch = Arc::new(AtomicU64::new(0));
+        let epoch = Arc::new(Epoch::default());
         let store = Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -140,7 +138,12 @@ impl Store {
 
     /// The store's epoch (see [`Inner::epoch`]).
     pub fn epoch(&self) -> u64 {
-        self.inner.epoch.load(Ordering::Acquire)
+        self.inner.epoch.get()
+    }
+
+    /// Changes whenever the epoch moves, for watchers that sleep until the store changes.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<()> {
+        self.inner.epoch.watch()
     }
 
     /// Runs `f` on a reader connection, off the async worker threads.
@@ -205,9 +208,32 @@ impl Store {
         let changed = now != *seen;
         *seen = now;
         if changed {
-            self.inner.epoch.fetch_add(1, Ordering::Release);
+            self.inner.epoch.bump();
         }
         Ok(changed)
+    }
+}
+
+/// Bumped after every commit kindler makes and whenever another program's commit is
+/// noticed: anything derived from the store at one epoch is current until it moves.
+#[derive(Default)]
+pub(crate) struct Epoch {
+    value: AtomicU64,
+    moved: tokio::sync::watch::Sender<()>,
+}
+
+impl Epoch {
+    fn get(&self) -> u64 {
+        self.value.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn bump(&self) {
+        self.value.fetch_add(1, Ordering::Release);
+        self.moved.send_replace(());
+    }
+
+    fn watch(&self) -> tokio::sync::watch::Receiver<()> {
+        self.moved.subscribe()
     }
 }
 

@@ -6,7 +6,6 @@
 //! Under load this turns N commits into one (one log append, one lock round, no threads
 //! parked on a mutex) and serves writers in arrival order; alone, a job commits by itself.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::identity::Identity;
-use super::{StoreError, StoreResult};
+use super::{Epoch, StoreError, StoreResult};
 
 /// Most jobs committed together.
 const MAX_GROUP: usize = 256;
@@ -93,7 +92,7 @@ impl Writer {
     /// `identity` is checked before and after each commit.
     pub fn start(
         conn: Connection,
-        epoch: Arc<AtomicU64>,
+        epoch: Arc<Epoch>,
         identity: Arc<Identity>,
     ) -> StoreResult<Writer> {
         conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
@@ -136,7 +135,7 @@ fn gone() -> StoreError {
     StoreError::Unavailable("the database writer has stopped".into())
 }
 
-fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &AtomicU64, identity: &Identity) {
+fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &Epoch, identity: &Identity) {
     while let Ok(first) = queue.recv() {
         let mut group = Vec::new();
         for job in std::iter::once(first).chain(queue.try_iter().take(MAX_GROUP - 1)) {
@@ -152,7 +151,7 @@ fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &AtomicU64, identity
         }
         let outcome = commit_where_found(&mut conn, &mut group, identity);
         if outcome.is_ok() {
-            epoch.fetch_add(1, Ordering::Release);
+            epoch.bump();
         }
         for job in group {
             job.answer(&outcome);
