@@ -15,6 +15,8 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fs::FileType;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -277,7 +279,10 @@ fn args(env_prefix: &str) -> Vec<Arg> {
         .env(format!("{env_prefix}CONFIG"))
         .value_name("FILE")
         .value_parser(clap::value_parser!(PathBuf))
-        .help("Configuration file (TOML). Default: /etc/kindler/kindler.toml when it exists");
+        .help(
+            "Configuration file (TOML). Default: /etc/kindler/kindler.toml when it exists; \
+             /dev/null for none",
+        );
     std::iter::once(config)
         .chain(setting_args(env_prefix))
         .collect()
@@ -381,13 +386,64 @@ fn read_file(path: &Path) -> Result<Layer, ConfigError> {
     Ok(layer)
 }
 
-/// The file's text.
+/// The file's text. Only a regular file is read (or `/dev/null`, as empty), and opening
+/// never waits: a FIFO put in the file's place would otherwise block until something
+/// writes to it.
 fn read_regular_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| {
-        let what = match e.kind() {
-            std::io::ErrorKind::NotFound => "configuration file not found".to_owned(),
-            _ => format!("cannot read: {e}"),
-        };
-        ConfigError(format!("{}: {what}", path.display()))
-    })
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |what: String| ConfigError(format!("{}: {what}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match std::fs::metadata(path) {
+            Err(_) if e.kind() == std::io::ErrorKind::NotFound => {
+                fail("configuration file not found".into())
+            }
+            Ok(m) if !m.is_file() => not_regular(path, m.file_type()),
+            _ => fail(format!("cannot read: {e}")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if is_null_device(&meta) {
+        return Ok(String::new());
+    }
+    if !meta.is_file() {
+        return Err(not_regular(path, meta.file_type()));
+    }
+    let mut text = String::new();
+    (&file)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    Ok(text)
+}
+
+/// `/dev/null` (or a link to it) is the usual way to say "no configuration".
+fn is_null_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device()
+        && std::fs::metadata("/dev/null").is_ok_and(|null| null.rdev() == meta.rdev())
+}
+
+fn not_regular(path: &Path, kind: FileType) -> ConfigError {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else {
+        "something else"
+    };
+    ConfigError(format!(
+        "{} is {what}, not a regular file; \
+         kindler reads its configuration only from a regular file",
+        path.display()
+    ))
 }

@@ -339,6 +339,64 @@ fn a_reload_keeps_the_settings_that_need_a_restart() {
     assert_eq!(new.log_level, LogLevel::Debug);
 }
 
+/// What `load` says of the path `make` creates, within a few seconds.
+fn load_promptly(make: impl FnOnce(&Path)) -> String {
+    let fixture = Fixture::new("");
+    let path = fixture.dir.path().join("kindler.toml");
+    std::fs::remove_file(&path).unwrap();
+    make(&path);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(fixture.load(&[]).map(|_| ()));
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(5));
+    let err = answer.expect("load() blocked").unwrap_err();
+    assert!(err.contains(&*path.to_string_lossy()), "{err}");
+    err
+}
+
+#[test]
+fn a_fifo_in_the_files_place_is_refused_at_once() {
+    let err = load_promptly(|p| nix::unistd::mkfifo(p, nix::sys::stat::Mode::S_IRWXU).unwrap());
+    assert!(
+        err.contains("is a FIFO (named pipe), not a regular file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn only_a_regular_file_is_read() {
+    let err = load_promptly(|p| std::fs::create_dir(p).unwrap());
+    assert!(err.contains("is a directory, not a regular file"), "{err}");
+    let err = load_promptly(|p| {
+        std::os::unix::net::UnixListener::bind(p).unwrap();
+    });
+    assert!(err.contains("is a socket, not a regular file"), "{err}");
+    // Reading /dev/zero would never end.
+    let err = load_promptly(|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap());
+    assert!(
+        err.contains("is a character device, not a regular file"),
+        "{err}"
+    );
+    let err = load_promptly(|_| ());
+    assert!(err.contains("configuration file not found"), "{err}");
+}
+
+#[test]
+fn dev_null_is_an_empty_configuration() {
+    let fixture = Fixture::new("");
+    let path = fixture.dir.path().join("kindler.toml");
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/dev/null", &path).unwrap();
+    let (from_null, from_empty) = (fixture.load(&[]).unwrap(), load("", &[]).unwrap());
+    assert_eq!(from_null.config_file, Some(path));
+    let without_file = |s: Settings| Settings {
+        config_file: None,
+        ..s
+    };
+    assert_eq!(without_file(from_null), without_file(from_empty));
+}
+
 #[test]
 fn the_help_shows_each_settings_flag_variable_default_and_rule() {
     let help = clap::Command::new("kindler")
