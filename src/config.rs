@@ -1,463 +1,256 @@
 //! Settings: embedded defaults, then the TOML file, then `KINDLER_*` variables, then flags.
 //!
-//! Every setting is declared once, as a clap argument with its default and its variable;
-//! the file layer is a serde struct with the same keys. A value from the command line or
-//! the environment wins; otherwise the file's; otherwise the default. SIGHUP re-reads the
-//! file and layers it again under the same command line and environment.
+//! Every setting is one row of the table below: its help (the doc comment), its key, its
+//! type and a [`Spec`] with its default, the rule its values must follow and whether it
+//! needs a restart. The macro derives from the rows the `Settings` struct, the flag
+//! `--KEY` and variable `KINDLER_KEY`, the file's key, the precedence and the reload rule;
+//! a value is checked by the same code, with the same reason, whichever layer gave it.
+//! SIGHUP re-reads the file and layers it again under the same flags and variables.
 
+mod spec;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
 use std::fmt;
+use std::fs::FileType;
+use std::io::Read;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::{ArgMatches, Args};
-use serde::Deserialize;
+use clap::{Arg, ArgMatches};
+use toml::Spanned;
+
+use spec::{at_least, default, longer_than_zero, none, within, Spec};
+pub use values::{CommandLine, LogLevel, LogTarget, PortRange};
+
+/// Declares the settings; see the module's documentation and the table below.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])+ $key:ident: $ty:ty = $spec:expr; )+) => {
+        /// The resolved settings the daemon runs with.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Settings {
+            /// The configuration file read, if any.
+            pub config_file: Option<PathBuf>,
+            $( $(#[doc = $doc])+ pub $key: $ty, )+
+        }
+
+        /// The rows of the table, built once.
+        struct Specs {
+            $( $key: Spec<$ty>, )+
+        }
+
+        static SPECS: LazyLock<Specs> = LazyLock::new(|| Specs {
+            $( $key: $spec.describe(stringify!($key), &[$($doc),+]), )+
+        });
+
+        /// The settings one layer gives: the file, or the flags and variables.
+        #[derive(Debug, Clone, Default)]
+        struct Layer {
+            $( $key: Option<$ty>, )+
+        }
+
+        impl Layer {
+            /// The flags given and variables set; clap lets a flag beat its variable.
+            fn given(matches: &ArgMatches) -> Layer {
+                Layer { $( $key: SPECS.$key.given(matches), )+ }
+            }
+
+            /// Takes the file's `key`; `None` when no setting has that key.
+            fn read(&mut self, key: &str, value: &toml::Value) -> Option<Result<(), String>> {
+                $( if key == SPECS.$key.key() {
+                    return Some(SPECS.$key.read_toml(value).map(|v| self.$key = Some(v)));
+                } )+
+                None
+            }
+
+            /// Each setting from this layer, else from `under`, else its default.
+            fn over(self, under: Layer, config_file: Option<PathBuf>) -> Settings {
+                Settings {
+                    config_file,
+                    $( $key: self.$key.or(under.$key)
+                        .unwrap_or_else(|| SPECS.$key.default_value()), )+
+                }
+            }
+        }
+
+        /// A flag (and variable) per setting, in the table's order.
+        fn setting_args(env_prefix: &str) -> Vec<Arg> {
+            vec![$( SPECS.$key.arg(env_prefix) ),+]
+        }
+
+        /// The keys the file may hold.
+        const KEYS: &[&str] = &[$( stringify!($key) ),+];
+
+        impl Settings {
+            /// Gives the settings that take effect only at start their running values back,
+            /// and names those the new configuration would have changed.
+            pub fn keep_start_up_values(&mut self, running: &Settings) -> Vec<&'static str> {
+                let mut changed = Vec::new();
+                $( if SPECS.$key.is_restart_only() {
+                    if self.$key != running.$key {
+                        changed.push(SPECS.$key.key());
+                    }
+                    self.$key = running.$key.clone();
+                } )+
+                changed
+            }
+        }
+    };
+}
+
+settings! {
+    /// SQLite database holding the desired and observed state.
+    /// Default: $STATE_DIRECTORY/kindler.db under systemd, else ./kindler-data/kindler.db.
+    database: PathBuf =
+        default(default_database()).hide_default().value_name("FILE").restart_only();
+
+    /// TCP address for the HTTP API when no socket is passed by systemd; "" for none.
+    listen: Option<SocketAddr> = default("127.0.0.1:8765").restart_only();
+
+    /// Unix socket path for the HTTP API when no socket is passed by systemd.
+    listen_unix: Option<PathBuf> = none().restart_only();
+
+    /// Command that creates a cluster (gets create_env.sh's arguments).
+    create_command: CommandLine = script("create-cluster");
+
+    /// Command that deletes a cluster (gets delete_env.sh's arguments).
+    delete_command: CommandLine = script("delete-cluster");
+
+    /// Command that starts a stopped cluster (-n NAME -p PROVIDER).
+    start_command: CommandLine = script("start-cluster");
+
+    /// Command that stops a running cluster (-n NAME -p PROVIDER).
+    stop_command: CommandLine = script("stop-cluster");
+
+    /// Command that checks a cluster answers (-n NAME -p PROVIDER; KINDLER_CONTEXT names the
+    /// kubectl context); exit 0 = healthy. It may print `portainer_status=online|offline` and
+    /// `argocd_status=healthy|degraded` lines for the status endpoint.
+    probe_command: CommandLine = script("probe-cluster");
+
+    /// Most actions (scripts) running at once, over all clusters.
+    max_concurrent_actions: usize = default("3").must_be(within(1..=1024));
+
+    /// Longest an action may run before its process group is killed.
+    action_timeout: Duration = default("30m").must_be(longer_than_zero());
+
+    /// Time between SIGTERM and SIGKILL when an action's process group is ended.
+    kill_grace: Duration = default("10s");
+
+    /// How often running clusters are verified with the probe command.
+    resync_interval: Duration = default("5m").must_be(longer_than_zero());
+
+    /// First retry delay after a failure; it doubles on each further failure.
+    backoff_initial: Duration = default("5s").must_be(longer_than_zero());
+
+    /// Longest retry delay.
+    backoff_max: Duration = default("5m");
+
+    /// How often the database is checked for rows written by other programs.
+    poll_interval: Duration = default("500ms").must_be(longer_than_zero());
+
+    /// Reconcile runs kept in the history per cluster and action (create, probe, ...).
+    history_per_cluster: u32 = default("50").must_be(at_least(1));
+
+    /// Reconcile runs older than this are dropped from the history.
+    history_max_age: Duration = default("30days");
+
+    /// Last output lines of a run kept in its history and shown on failure.
+    output_tail_lines: usize = default("40").must_be(within(1..=10_000));
+
+    /// Log verbosity.
+    log_level: LogLevel = default("info");
+
+    /// Log destination: the journal's native protocol, plain stderr lines, or auto-detect.
+    log_target: LogTarget = default("auto").restart_only();
+
+    /// Clusters the API refuses to delete (comma-separated).
+    protected_clusters: Vec<String> = default("devops").value_name("NAMES");
+
+    /// Base domain reported to the WebUI.
+    base_domain: String = default("local").value_name("DOMAIN");
+
+    /// Ports handed out for port-forwards when the WebUI's default is taken.
+    pf_port_range: PortRange = default("19001-19999");
+
+    /// HTTP ports handed out when the WebUI's default is taken.
+    http_port_range: PortRange = default("18090-18999");
+
+    /// HTTPS ports handed out when the WebUI's default is taken.
+    https_port_range: PortRange = default("18443-18999");
+}
 
 /// Where the packaged configuration lives; read when it exists and no `--config` is given.
 pub const SYSTEM_CONFIG: &str = "/etc/kindler/kindler.toml";
+
+/// The prefix of the variables that set settings.
+const ENV_PREFIX: &str = "KINDLER_";
 
 /// Where the package installs the default scripts.
 const PACKAGED_SCRIPTS: &str = "/usr/lib/kindler";
 /// The scripts of the source checkout this binary was built from.
 const SOURCE_SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
 
-/// Where the default scripts are: the installed package's, else the source checkout's
-/// (so that `cargo run -- serve` works with no configuration at all).
-fn scripts_dir() -> &'static Path {
-    if Path::new(PACKAGED_SCRIPTS).join("create-cluster").exists() {
-        Path::new(PACKAGED_SCRIPTS)
+/// The default command for an action: the script of that name in the installed package,
+/// else in the source checkout (so that `cargo run -- serve` works with no configuration).
+fn script(name: &str) -> Spec<CommandLine> {
+    let packaged = Path::new(PACKAGED_SCRIPTS);
+    let dir = if packaged.join("create-cluster").exists() {
+        packaged
     } else {
         Path::new(SOURCE_SCRIPTS)
-    }
+    };
+    default(dir.join(name).to_string_lossy())
 }
 
-/// A duration written the human way: `500ms`, `10s`, `5m`, `1h 30m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span(pub Duration);
-
-impl FromStr for Span {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim())
-            .map(Span)
-            .map_err(|e| format!("{s:?} is not a duration like 10s, 5m or 1h ({e})"))
-    }
-}
-
-impl fmt::Display for Span {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Span {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// An inclusive port range, `19001-19999` on the command line or `[19001, 19999]` in TOML.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl PortRange {
-    fn new(first: u16, last: u16) -> Result<Self, String> {
-        if first == 0 || first > last {
-            return Err(format!("port range {first}-{last} is empty or starts at 0"));
+fn default_database() -> String {
+    // systemd's StateDirectory= exports the directory (several are ':'-separated).
+    match std::env::var_os("STATE_DIRECTORY") {
+        Some(dirs) if !dirs.is_empty() => {
+            let dirs = dirs.to_string_lossy();
+            let first = dirs.split(':').next().unwrap_or("");
+            Path::new(first)
+                .join("kindler.db")
+                .to_string_lossy()
+                .into_owned()
         }
-        Ok(PortRange { first, last })
+        _ => "kindler-data/kindler.db".into(),
     }
 }
 
-impl FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s
-            .split_once('-')
-            .ok_or_else(|| format!("{s:?} is not a port range like 19001-19999"))?;
-        let port = |p: &str| {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("{p:?} is not a port number"))
-        };
-        PortRange::new(port(a)?, port(b)?)
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.first, self.last)
-    }
-}
-
-impl<'de> Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Pair([u16; 2]),
-            Text(String),
+impl Settings {
+    /// The command the reconciler runs for `action`.
+    pub fn command(&self, action: crate::model::Action) -> &CommandLine {
+        use crate::model::Action;
+        match action {
+            Action::Create => &self.create_command,
+            Action::Delete => &self.delete_command,
+            Action::Start => &self.start_command,
+            Action::Stop => &self.stop_command,
+            Action::Probe => &self.probe_command,
         }
-        match Form::deserialize(d)? {
-            Form::Pair([a, b]) => PortRange::new(a, b),
-            Form::Text(t) => t.parse(),
-        }
-        .map_err(serde::de::Error::custom)
     }
-}
 
-/// A command to run: a program and its leading arguments, never a shell line.
-/// On the command line it is a program path; in TOML either a path or an array.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandLine {
-    pub program: PathBuf,
-    pub args: Vec<String>,
-}
-
-impl FromStr for CommandLine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.trim().is_empty() {
-            return Err("a command must name a program".into());
-        }
-        Ok(CommandLine {
-            program: PathBuf::from(s),
-            args: Vec::new(),
-        })
-    }
-}
-
-impl fmt::Display for CommandLine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.program.display())?;
-        for a in &self.args {
-            write!(f, " {a}")?;
+    /// Rules that span several settings.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.backoff_initial > self.backoff_max {
+            let origin = match &self.config_file {
+                Some(p) => format!(" (after reading {})", p.display()),
+                None => String::new(),
+            };
+            return Err(ConfigError(format!(
+                "backoff_initial ({}) is longer than backoff_max ({}){origin}",
+                values::show(self.backoff_initial),
+                values::show(self.backoff_max)
+            )));
         }
         Ok(())
     }
-}
-
-impl<'de> Deserialize<'de> for CommandLine {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Path(String),
-            Argv(Vec<String>),
-        }
-        match Form::deserialize(d)? {
-            Form::Path(p) => p.parse().map_err(serde::de::Error::custom),
-            Form::Argv(mut argv) => {
-                if argv.is_empty() || argv[0].trim().is_empty() {
-                    return Err(serde::de::Error::custom(
-                        "a command array must start with a program",
-                    ));
-                }
-                let program = PathBuf::from(argv.remove(0));
-                Ok(CommandLine {
-                    program,
-                    args: argv,
-                })
-            }
-        }
-    }
-}
-
-/// How much the daemon logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-}
-
-/// Where log records go. `auto` uses the journal's native protocol when stderr is connected
-/// to journald (JOURNAL_STREAM), plain lines on stderr otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogTarget {
-    Auto,
-    Journal,
-    Stderr,
-}
-
-/// The settings of `kindler serve` (and of `reconcile --once`, which shares them).
-/// Each one can be given as a flag, as the `KINDLER_*` variable shown, or as the key of
-/// the same name (with `_` for `-`) in the TOML file.
-#[derive(Debug, Clone, Args)]
-pub struct SettingArgs {
-    /// Configuration file (TOML). Default: /etc/kindler/kindler.toml when it exists.
-    #[arg(long, env = "KINDLER_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
-    /// SQLite database holding the desired and observed state.
-    /// Default: $STATE_DIRECTORY/kindler.db under systemd, else ./kindler-data/kindler.db.
-    #[arg(long, env = "KINDLER_DATABASE", value_name = "FILE")]
-    pub database: Option<PathBuf>,
-
-    /// TCP address for the HTTP API when no socket is passed by systemd; "" for none.
-    #[arg(
-        long,
-        env = "KINDLER_LISTEN",
-        default_value = "127.0.0.1:8765",
-        value_name = "ADDR"
-    )]
-    pub listen: String,
-
-    /// Unix socket path for the HTTP API when no socket is passed by systemd.
-    #[arg(long, env = "KINDLER_LISTEN_UNIX", value_name = "PATH")]
-    pub listen_unix: Option<PathBuf>,
-
-    /// Command that creates a cluster (gets create_env.sh's arguments).
-    #[arg(long, env = "KINDLER_CREATE_COMMAND", default_value_t = script("create-cluster"), value_name = "PROGRAM")]
-    pub create_command: CommandLine,
-
-    /// Command that deletes a cluster (gets delete_env.sh's arguments).
-    #[arg(long, env = "KINDLER_DELETE_COMMAND", default_value_t = script("delete-cluster"), value_name = "PROGRAM")]
-    pub delete_command: CommandLine,
-
-    /// Command that starts a stopped cluster (-n NAME -p PROVIDER).
-    #[arg(long, env = "KINDLER_START_COMMAND", default_value_t = script("start-cluster"), value_name = "PROGRAM")]
-    pub start_command: CommandLine,
-
-    /// Command that stops a running cluster (-n NAME -p PROVIDER).
-    #[arg(long, env = "KINDLER_STOP_COMMAND", default_value_t = script("stop-cluster"), value_name = "PROGRAM")]
-    pub stop_command: CommandLine,
-
-    /// Command that checks a cluster answers (-n NAME -p PROVIDER; KINDLER_CONTEXT names the
-    /// kubectl context); exit 0 = healthy. It may print `portainer_status=online|offline` and
-    /// `argocd_status=healthy|degraded` lines for the status endpoint.
-    #[arg(long, env = "KINDLER_PROBE_COMMAND", default_value_t = script("probe-cluster"), value_name = "PROGRAM")]
-    pub probe_command: CommandLine,
-
-    /// Most actions (scripts) running at once, over all clusters.
-    #[arg(long, env = "KINDLER_MAX_CONCURRENT_ACTIONS", default_value = "3", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub max_concurrent_actions: u32,
-
-    /// Longest an action may run before its process group is killed.
-    #[arg(
-        long,
-        env = "KINDLER_ACTION_TIMEOUT",
-        default_value = "30m",
-        value_name = "DURATION"
-    )]
-    pub action_timeout: Span,
-
-    /// Time between SIGTERM and SIGKILL when an action's process group is ended.
-    #[arg(
-        long,
-        env = "KINDLER_KILL_GRACE",
-        default_value = "10s",
-        value_name = "DURATION"
-    )]
-    pub kill_grace: Span,
-
-    /// How often running clusters are verified with the probe command.
-    #[arg(
-        long,
-        env = "KINDLER_RESYNC_INTERVAL",
-        default_value = "5m",
-        value_name = "DURATION"
-    )]
-    pub resync_interval: Span,
-
-    /// First retry delay after a failure; it doubles on each further failure.
-    #[arg(
-        long,
-        env = "KINDLER_BACKOFF_INITIAL",
-        default_value = "5s",
-        value_name = "DURATION"
-    )]
-    pub backoff_initial: Span,
-
-    /// Longest retry delay.
-    #[arg(
-        long,
-        env = "KINDLER_BACKOFF_MAX",
-        default_value = "5m",
-        value_name = "DURATION"
-    )]
-    pub backoff_max: Span,
-
-    /// How often the database is checked for rows written by other programs.
-    #[arg(
-        long,
-        env = "KINDLER_POLL_INTERVAL",
-        default_value = "500ms",
-        value_name = "DURATION"
-    )]
-    pub poll_interval: Span,
-
-    /// Reconcile runs kept in the history per cluster and action (create, probe, ...).
-    #[arg(long, env = "KINDLER_HISTORY_PER_CLUSTER", default_value = "50", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub history_per_cluster: u32,
-
-    /// Reconcile runs older than this are dropped from the history.
-    #[arg(
-        long,
-        env = "KINDLER_HISTORY_MAX_AGE",
-        default_value = "30days",
-        value_name = "DURATION"
-    )]
-    pub history_max_age: Span,
-
-    /// Last output lines of a run kept in its history and shown on failure.
-    #[arg(long, env = "KINDLER_OUTPUT_TAIL_LINES", default_value = "40", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=10000))]
-    pub output_tail_lines: u32,
-
-    /// Log verbosity.
-    #[arg(long, env = "KINDLER_LOG_LEVEL", default_value = "info", value_enum)]
-    pub log_level: LogLevel,
-
-    /// Log destination: the journal's native protocol, plain stderr lines, or auto-detect.
-    #[arg(long, env = "KINDLER_LOG_TARGET", default_value = "auto", value_enum)]
-    pub log_target: LogTarget,
-
-    /// Clusters the API refuses to delete (comma-separated).
-    #[arg(
-        long,
-        env = "KINDLER_PROTECTED_CLUSTERS",
-        default_value = "devops",
-        value_delimiter = ',',
-        value_name = "NAMES"
-    )]
-    pub protected_clusters: Vec<String>,
-
-    /// Base domain reported to the WebUI.
-    #[arg(
-        long,
-        env = "KINDLER_BASE_DOMAIN",
-        default_value = "local",
-        value_name = "DOMAIN"
-    )]
-    pub base_domain: String,
-
-    /// Ports handed out for port-forwards when the WebUI's default is taken.
-    #[arg(
-        long,
-        env = "KINDLER_PF_PORT_RANGE",
-        default_value = "19001-19999",
-        value_name = "FIRST-LAST"
-    )]
-    pub pf_port_range: PortRange,
-
-    /// HTTP ports handed out when the WebUI's default is taken.
-    #[arg(
-        long,
-        env = "KINDLER_HTTP_PORT_RANGE",
-        default_value = "18090-18999",
-        value_name = "FIRST-LAST"
-    )]
-    pub http_port_range: PortRange,
-
-    /// HTTPS ports handed out when the WebUI's default is taken.
-    #[arg(
-        long,
-        env = "KINDLER_HTTPS_PORT_RANGE",
-        default_value = "18443-18999",
-        value_name = "FIRST-LAST"
-    )]
-    pub https_port_range: PortRange,
-}
-
-/// The default command for an action: the script of that name in [`scripts_dir`].
-fn script(name: &str) -> CommandLine {
-    CommandLine {
-        program: scripts_dir().join(name),
-        args: Vec::new(),
-    }
-}
-
-/// The keys the TOML file may hold: the same settings, every one optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    database: Option<PathBuf>,
-    listen: Option<String>,
-    listen_unix: Option<PathBuf>,
-    create_command: Option<CommandLine>,
-    delete_command: Option<CommandLine>,
-    start_command: Option<CommandLine>,
-    stop_command: Option<CommandLine>,
-    probe_command: Option<CommandLine>,
-    max_concurrent_actions: Option<u32>,
-    action_timeout: Option<Span>,
-    kill_grace: Option<Span>,
-    resync_interval: Option<Span>,
-    backoff_initial: Option<Span>,
-    backoff_max: Option<Span>,
-    poll_interval: Option<Span>,
-    history_per_cluster: Option<u32>,
-    history_max_age: Option<Span>,
-    output_tail_lines: Option<u32>,
-    log_level: Option<LogLevel>,
-    log_target: Option<LogTarget>,
-    protected_clusters: Option<Vec<String>>,
-    base_domain: Option<String>,
-    pf_port_range: Option<PortRange>,
-    http_port_range: Option<PortRange>,
-    https_port_range: Option<PortRange>,
-}
-
-/// The commands the reconciler runs, one per action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Commands {
-    pub create: CommandLine,
-    pub delete: CommandLine,
-    pub start: CommandLine,
-    pub stop: CommandLine,
-    pub probe: CommandLine,
-}
-
-impl Commands {
-    pub fn for_action(&self, action: crate::model::Action) -> &CommandLine {
-        use crate::model::Action;
-        match action {
-            Action::Create => &self.create,
-            Action::Delete => &self.delete,
-            Action::Start => &self.start,
-            Action::Stop => &self.stop,
-            Action::Probe => &self.probe,
-        }
-    }
-}
-
-/// The resolved settings the daemon runs with.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub config_file: Option<PathBuf>,
-    pub database: PathBuf,
-    pub listen: Option<SocketAddr>,
-    pub listen_unix: Option<PathBuf>,
-    pub commands: Commands,
-    pub max_concurrent_actions: usize,
-    pub action_timeout: Duration,
-    pub kill_grace: Duration,
-    pub resync_interval: Duration,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub poll_interval: Duration,
-    pub history_per_cluster: u32,
-    pub history_max_age: Duration,
-    pub output_tail_lines: usize,
-    pub log_level: LogLevel,
-    pub log_target: LogTarget,
-    pub protected_clusters: Vec<String>,
-    pub base_domain: String,
-    pub pf_port_range: PortRange,
-    pub http_port_range: PortRange,
-    pub https_port_range: PortRange,
 }
 
 /// A configuration that cannot be used; the message names the file, line and key.
@@ -472,216 +265,185 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The settings part of a subcommand's command line: `--config` and a flag per setting.
+#[derive(Debug, Clone)]
+pub struct SettingArgs {
+    config: Option<PathBuf>,
+    given: Layer,
+}
+
+/// `--config`, then the settings' flags, each with its variable.
+fn args(env_prefix: &str) -> Vec<Arg> {
+    let config = Arg::new("config")
+        .long("config")
+        .env(format!("{env_prefix}CONFIG"))
+        .value_name("FILE")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(
+            "Configuration file (TOML). Default: /etc/kindler/kindler.toml when it exists; \
+             /dev/null for none",
+        );
+    std::iter::once(config)
+        .chain(setting_args(env_prefix))
+        .collect()
+}
+
+impl clap::FromArgMatches for SettingArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(SettingArgs {
+            config: matches.get_one::<PathBuf>("config").cloned(),
+            given: Layer::given(matches),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for SettingArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.args(args(ENV_PREFIX))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
 /// Builds [`Settings`] from the parsed command line, reading the file each time it is
 /// asked (once at start, again on every SIGHUP).
 #[derive(Debug, Clone)]
 pub struct Loader {
     args: SettingArgs,
-    explicit: Vec<String>,
 }
 
 impl Loader {
-    /// `matches` are the matches of the subcommand that holds the [`SettingArgs`].
-    pub fn new(args: SettingArgs, matches: &ArgMatches) -> Self {
-        let explicit = matches
-            .ids()
-            .filter(|id| {
-                matches!(
-                    matches.value_source(id.as_str()),
-                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-                )
-            })
-            .map(|id| id.as_str().to_owned())
-            .collect();
-        Loader { args, explicit }
+    pub fn new(args: SettingArgs) -> Self {
+        Loader { args }
     }
 
-    fn config_path(&self) -> Result<Option<PathBuf>, ConfigError> {
+    fn config_path(&self) -> Option<PathBuf> {
         match &self.args.config {
-            Some(path) if path.as_os_str().is_empty() => Ok(None),
-            Some(path) if !path.exists() => Err(ConfigError(format!(
-                "{}: configuration file not found",
-                path.display()
-            ))),
-            Some(path) => Ok(Some(path.clone())),
-            None if Path::new(SYSTEM_CONFIG).exists() => Ok(Some(SYSTEM_CONFIG.into())),
-            None => Ok(None),
+            Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) => Some(path.clone()),
+            None if Path::new(SYSTEM_CONFIG).exists() => Some(SYSTEM_CONFIG.into()),
+            None => None,
         }
     }
 
     pub fn load(&self) -> Result<Settings, ConfigError> {
-        let config_file = self.config_path()?;
+        let config_file = self.config_path();
         let file = match &config_file {
             Some(path) => read_file(path)?,
-            None => FileSettings::default(),
+            None => Layer::default(),
         };
-        let settings = self.merge(config_file, file)?;
+        let settings = self.args.given.clone().over(file, config_file);
         settings.check()?;
         Ok(settings)
     }
-
-    /// A flag or variable the user set beats the file; the file beats the default.
-    fn pick<T: Clone>(&self, id: &str, cli: &T, file: Option<T>) -> T {
-        if self.explicit.iter().any(|e| e == id) {
-            cli.clone()
-        } else {
-            file.unwrap_or_else(|| cli.clone())
-        }
-    }
-
-    fn merge(
-        &self,
-        config_file: Option<PathBuf>,
-        f: FileSettings,
-    ) -> Result<Settings, ConfigError> {
-        let a = &self.args;
-        macro_rules! pick {
-            ($field:ident) => {
-                self.pick(stringify!($field), &a.$field, f.$field)
-            };
-        }
-        let database = match (&a.database, f.database) {
-            (Some(cli), _) => cli.clone(),
-            (None, Some(file)) => file,
-            (None, None) => default_database(),
-        };
-        let listen_unix = match (&a.listen_unix, f.listen_unix) {
-            (Some(cli), _) => Some(cli.clone()),
-            (None, file) => file,
-        };
-        let listen: String = pick!(listen);
-        let listen = match listen.trim() {
-            "" => None,
-            text => Some(text.parse::<SocketAddr>().map_err(|_| {
-                ConfigError(format!(
-                    "listen: {text:?} is not an address like 127.0.0.1:8765 (use \"\" for none)"
-                ))
-            })?),
-        };
-        Ok(Settings {
-            config_file,
-            database,
-            listen,
-            listen_unix: listen_unix.filter(|p| !p.as_os_str().is_empty()),
-            commands: Commands {
-                create: pick!(create_command),
-                delete: pick!(delete_command),
-                start: pick!(start_command),
-                stop: pick!(stop_command),
-                probe: pick!(probe_command),
-            },
-            max_concurrent_actions: pick!(max_concurrent_actions) as usize,
-            action_timeout: pick!(action_timeout).0,
-            kill_grace: pick!(kill_grace).0,
-            resync_interval: pick!(resync_interval).0,
-            backoff_initial: pick!(backoff_initial).0,
-            backoff_max: pick!(backoff_max).0,
-            poll_interval: pick!(poll_interval).0,
-            history_per_cluster: pick!(history_per_cluster),
-            history_max_age: pick!(history_max_age).0,
-            output_tail_lines: pick!(output_tail_lines) as usize,
-            log_level: pick!(log_level),
-            log_target: pick!(log_target),
-            protected_clusters: pick!(protected_clusters),
-            base_domain: pick!(base_domain),
-            pf_port_range: pick!(pf_port_range),
-            http_port_range: pick!(http_port_range),
-            https_port_range: pick!(https_port_range),
-        })
-    }
 }
 
-impl Settings {
-    /// Rules that span several settings.
-    fn check(&self) -> Result<(), ConfigError> {
-        let origin = match &self.config_file {
-            Some(p) => format!(" (after reading {})", p.display()),
-            None => String::new(),
-        };
-        if self.backoff_initial > self.backoff_max {
-            return Err(ConfigError(format!(
-                "backoff_initial ({}) is longer than backoff_max ({}){origin}",
-                Span(self.backoff_initial),
-                Span(self.backoff_max)
-            )));
-        }
-        // The command line checks these ranges itself; a config file's values land here.
-        for (key, value, low, high) in [
-            (
-                "max_concurrent_actions",
-                self.max_concurrent_actions,
-                1,
-                1024,
-            ),
-            (
-                "history_per_cluster",
-                self.history_per_cluster as usize,
-                1,
-                usize::MAX,
-            ),
-            ("output_tail_lines", self.output_tail_lines, 1, 10_000),
-        ] {
-            if !(low..=high).contains(&value) {
-                let range = if high == usize::MAX {
-                    format!("at least {low}")
-                } else {
-                    format!("{low}–{high}")
-                };
+/// The file's settings; a refusal names the file, the line and the key.
+fn read_file(path: &Path) -> Result<Layer, ConfigError> {
+    let text = read_regular_file(path)?;
+    let at = |span: Range<usize>| {
+        let line = text[..span.start].matches('\n').count() + 1;
+        format!("{}: line {line}", path.display())
+    };
+    let table: BTreeMap<Spanned<String>, Spanned<toml::Value>> =
+        toml::from_str(&text).map_err(|e| {
+            let message = e.message().trim().replace('\n', "; ");
+            ConfigError(match e.span() {
+                Some(span) => format!("{}: {message}", at(span)),
+                None => format!("{}: {message}", path.display()),
+            })
+        })?;
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+    let mut layer = Layer::default();
+    for (key, value) in entries {
+        let (name, span) = (key.get_ref(), value.span());
+        match layer.read(name, value.get_ref()) {
+            Some(Ok(())) => {}
+            Some(Err(reason)) => {
+                let written = &text[span.clone()];
                 return Err(ConfigError(format!(
-                    "{key} is {value}; it must be {range}{origin}"
+                    "{}: {name} is {written}; {reason}",
+                    at(span)
                 )));
             }
-        }
-        for (key, d) in [
-            ("action_timeout", self.action_timeout),
-            ("resync_interval", self.resync_interval),
-            ("poll_interval", self.poll_interval),
-            ("backoff_initial", self.backoff_initial),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError(format!("{key} must be longer than 0{origin}")));
+            None => {
+                return Err(ConfigError(format!(
+                    "{}: unknown key {name}; the keys are {}",
+                    at(key.span()),
+                    KEYS.join(", ")
+                )))
             }
         }
-        Ok(())
     }
-
-    /// Settings that only take effect at start-up; a reload that changes them is logged.
-    pub fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        if self.database != new.database {
-            changed.push("database");
-        }
-        if self.listen != new.listen {
-            changed.push("listen");
-        }
-        if self.listen_unix != new.listen_unix {
-            changed.push("listen_unix");
-        }
-        if self.log_target != new.log_target {
-            changed.push("log_target");
-        }
-        changed
-    }
+    Ok(layer)
 }
 
-fn default_database() -> PathBuf {
-    // systemd's StateDirectory= exports the directory (several are ':'-separated).
-    match std::env::var_os("STATE_DIRECTORY") {
-        Some(dirs) if !dirs.is_empty() => {
-            let first = dirs
-                .to_string_lossy()
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_owned();
-            Path::new(&first).join("kindler.db")
-        }
-        _ => PathBuf::from("kindler-data/kindler.db"),
+/// The file's text. Only a regular file is read (or `/dev/null`, as empty), and opening
+/// never waits: a FIFO put in the file's place would otherwise block until something
+/// writes to it.
+fn read_regular_file(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |what: String| ConfigError(format!("{}: {what}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match std::fs::metadata(path) {
+            Err(_) if e.kind() == std::io::ErrorKind::NotFound => {
+                fail("configuration file not found".into())
+            }
+            Ok(m) if !m.is_file() => not_regular(path, m.file_type()),
+            _ => fail(format!("cannot read: {e}")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if is_null_device(&meta) {
+        return Ok(String::new());
     }
+    if !meta.is_file() {
+        return Err(not_regular(path, meta.file_type()));
+    }
+    let mut text = String::new();
+    (&file)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    Ok(text)
 }
 
-fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+/// `/dev/null` (or a link to it) is the usual way to say "no configuration".
+fn is_null_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device()
+        && std::fs::metadata("/dev/null").is_ok_and(|null| null.rdev() == meta.rdev())
+}
+
+fn not_regular(path: &Path, kind: FileType) -> ConfigError {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else {
+        "something else"
+    };
+    ConfigError(format!(
+        "{} is {what}, not a regular file; \
+         kindler reads its configuration only from a regular file",
+        path.display()
+    ))
 }

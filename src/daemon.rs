@@ -258,18 +258,13 @@ async fn reload(app: AppRef, loader: Loader) {
         }
     };
     systemd::reloading();
-    let old = app.settings();
-    for key in old.restart_only_changes(&new) {
+    let mut new = new;
+    // Settings that only apply at start-up keep their running values.
+    for key in new.keep_start_up_values(&app.settings()) {
         log::warn(&format!(
             "{key} changed; this takes effect at the next start"
         ));
     }
-    let mut new = new;
-    // Settings that only apply at start-up keep their running values.
-    new.database = old.database.clone();
-    new.listen = old.listen;
-    new.listen_unix = old.listen_unix.clone();
-    new.log_target = old.log_target;
     log::set_level(new.log_level);
     warn_about_commands(&new);
     app.replace_settings(new);
@@ -315,15 +310,16 @@ async fn watchdog(app: AppRef, interval: Duration) {
 
 /// Logs commands that cannot be run as configured (they fail at use, but say so early).
 fn warn_about_commands(settings: &Settings) {
+    use crate::model::Action;
     use std::os::unix::fs::PermissionsExt;
-    let c = &settings.commands;
-    for (action, cmd) in [
-        ("create", &c.create),
-        ("delete", &c.delete),
-        ("start", &c.start),
-        ("stop", &c.stop),
-        ("probe", &c.probe),
+    for action in [
+        Action::Create,
+        Action::Delete,
+        Action::Start,
+        Action::Stop,
+        Action::Probe,
     ] {
+        let cmd = settings.command(action);
         if !cmd.program.is_absolute() {
             continue; // looked up in PATH when run
         }

@@ -82,14 +82,10 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let sub = matches
-        .subcommand()
-        .map(|(_, m)| m.clone())
-        .expect("a subcommand is required");
     let status = match cli.command {
-        Command::Serve { settings } => serve(Loader::new(settings, &sub)),
-        Command::Reconcile { once, settings } => reconcile(once, Loader::new(settings, &sub)),
-        Command::Migrate { settings } => migrate(Loader::new(settings, &sub)),
+        Command::Serve { settings } => serve(Loader::new(settings)),
+        Command::Reconcile { once, settings } => reconcile(once, Loader::new(settings)),
+        Command::Migrate { settings } => migrate(Loader::new(settings)),
     };
     log::flush();
     std::process::exit(status)

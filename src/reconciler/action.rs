@@ -133,7 +133,7 @@ pub async fn execute(
 
 /// The argument vector and environment of one command of an action.
 pub fn invocation(settings: &Settings, plan: &Plan, step: Action) -> Invocation {
-    let command = settings.commands.for_action(step);
+    let command = settings.command(step);
     let spec = &plan.record.spec;
     let mut args: Vec<OsString> = command.args.iter().map(OsString::from).collect();
     args.extend(step_args(spec, step).into_iter().map(OsString::from));

@@ -156,6 +156,19 @@ fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &Epoch, identity: &I
         for job in group {
             job.answer(&outcome);
         }
+        if outcome.is_err() {
+            // Writes that arrived while this group waited (for another program's lock, up
+            // to the busy timeout) have waited as long: they get the same answer now
+            // rather than a wait of their own.
+            for job in queue.try_iter() {
+                match job {
+                    Job::Write(w) => w.answer(&outcome),
+                    Job::DataVersion(reply) => {
+                        let _ = reply.send(super::data_version(&conn));
+                    }
+                }
+            }
+        }
     }
 }
 
