@@ -19,28 +19,30 @@ fn socket_activation_serves_tcp_and_unix_side_by_side() {
     let port = free_port();
     let sock = env.dir.path().join("api.sock");
     let log = env.dir.path().join("activated.log");
-    let mut activator = Command::new("systemd-socket-activate")
-        .arg("-l")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-l")
-        .arg(&sock)
-        .arg("--fdname=http:api")
-        .arg("-E")
-        .arg("KINDLER_CONFIG=/dev/null")
-        .arg("-E")
-        .arg("KINDLER_LOG_TARGET=stderr")
-        .arg(common::BIN)
-        .args([
-            "serve",
-            "--database",
-            env.db().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("systemd-socket-activate (package systemd)");
+    let mut activator = common::Guarded(
+        Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-l")
+            .arg(&sock)
+            .arg("--fdname=http:api")
+            .arg("-E")
+            .arg("KINDLER_CONFIG=/dev/null")
+            .arg("-E")
+            .arg("KINDLER_LOG_TARGET=stderr")
+            .arg(common::BIN)
+            .args([
+                "serve",
+                "--database",
+                env.db().to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("systemd-socket-activate (package systemd)"),
+    );
     eventually(5 * SEC, "the activator to listen", || {
         sock.exists().then_some(())
     });
@@ -75,7 +77,7 @@ fn passed_sockets_with_other_names_are_ignored() {
     cmd.env("LISTEN_FDNAMES", "metrics"); // replaces pass_socket's "http"
     let port = free_port();
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
-    let mut child = cmd.spawn().unwrap();
+    let mut child = common::Guarded(cmd.spawn().unwrap());
     // The unknown socket is left alone and nothing else was passed: kindler binds --listen.
     eventually(10 * SEC, "the fallback listener", || {
         try_request(port, "GET", "/api/health", None, SEC)
@@ -104,7 +106,7 @@ fn without_passed_sockets_it_binds_tcp_and_unix_itself() {
         sock.to_str().unwrap(),
     ]);
     cmd.stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = common::Guarded(cmd.spawn().unwrap());
     eventually(10 * SEC, "the TCP listener", || {
         try_request(port, "GET", "/api/health", None, SEC)
             .ok()
@@ -187,13 +189,15 @@ fn sd_notify_watchdog_pings_stop_when_the_reconciler_is_wedged() {
     let notify = Notifications::bind(env.dir.path());
     let wedge = env.dir.path().join("wedge");
     let mut cmd = env.command(&[]);
+    // A watchdog of 2 s: kindler pings every second, which leaves a loaded machine the
+    // margin systemd leaves it too (a ping must come within WATCHDOG_USEC, not on the dot).
     cmd.env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", "400000")
+        .env("WATCHDOG_USEC", "2000000")
         .env("KINDLER_TEST_WEDGE_FILE", &wedge);
     let d = env.spawn(cmd);
     notify.await_line(0, 10 * SEC, "READY=1", |l| l == "READY=1");
-    eventually(5 * SEC, "five watchdog pings", || {
-        (notify.count("WATCHDOG=1") >= 5).then_some(())
+    eventually(10 * SEC, "three watchdog pings", || {
+        (notify.count("WATCHDOG=1") >= 3).then_some(())
     });
     let pings: Vec<Instant> = notify
         .assignments()
@@ -203,37 +207,45 @@ fn sd_notify_watchdog_pings_stop_when_the_reconciler_is_wedged() {
         .collect();
     for pair in pings.windows(2) {
         let gap = pair[1] - pair[0];
-        // Half of WATCHDOG_USEC (200 ms), with room for a loaded machine.
+        // Every half interval: not a flood, and always within the interval systemd allows.
         assert!(
-            gap >= Duration::from_millis(150) && gap <= Duration::from_millis(400),
+            gap >= Duration::from_millis(500) && gap < Duration::from_secs(2),
             "ping gap {gap:?}"
         );
     }
 
     std::fs::write(&wedge, "").unwrap();
     // The watchdog task notices the stalled loop and says so; from then on no ping may come
-    // for a while (1.2 s: six ping periods).
-    eventually(5 * SEC, "the watchdog to notice the stall", || {
+    // for three ping periods, so that systemd would restart kindler.
+    eventually(10 * SEC, "the watchdog to notice the stall", || {
         d.log_text()
             .contains("not pinging the watchdog: reconciler loop stalled")
             .then_some(())
     });
     let stopped_at = notify.count("WATCHDOG=1");
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         notify.count("WATCHDOG=1"),
         stopped_at,
         "no ping while the reconciler is wedged"
     );
-    // The API alone is still up; it is the missing pings that make systemd restart kindler.
-    assert_eq!(env.get("/api/health").status, 200);
+    // The API still answers, and says why kindler is not healthy once the loop has been
+    // stuck for long (10 s and two poll intervals).
+    let r = eventually(20 * SEC, "health to report the stuck reconciler", || {
+        let r = env.get("/api/health");
+        (r.status == 503).then_some(r)
+    });
+    assert!(
+        r.text.contains("the reconciler has not turned for"),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn ending_a_dead_daemons_leftovers_keeps_the_watchdog_fed() {
     // A daemon killed mid-create leaves processes that ignore SIGTERM. The next daemon
     // ends it before its loop first turns, waiting out kill_grace (3 s); the watchdog
-    // (400 ms, so it expects a turn at least every second) must not starve meanwhile.
+    // (2 s: systemd would restart kindler after 2 s without a ping) must not starve meanwhile.
     let env = Env::new();
     env.mode("create", "deaf");
     let mut d = env.start(&[]);
@@ -252,7 +264,7 @@ fn ending_a_dead_daemons_leftovers_keeps_the_watchdog_fed() {
     let notify = Notifications::bind(env.dir.path());
     let mut cmd = env.command(&["--kill-grace", "3s"]);
     cmd.env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", "400000");
+        .env("WATCHDOG_USEC", "2000000");
     let d2 = env.spawn(cmd);
     let t0 = Instant::now();
     env.await_state("orphan", "running", 20 * SEC);
@@ -263,11 +275,16 @@ fn ending_a_dead_daemons_leftovers_keeps_the_watchdog_fed() {
     );
     let log = d2.log_text();
     assert!(!log.contains("not pinging the watchdog"), "{log}");
-    assert!(
-        notify.count("WATCHDOG=1") >= 8,
-        "pings all along: {}",
-        notify.count("WATCHDOG=1")
-    );
+    let pings: Vec<Instant> = notify
+        .assignments()
+        .into_iter()
+        .filter(|(_, l)| l == "WATCHDOG=1")
+        .map(|(t, _)| t)
+        .collect();
+    assert!(pings.len() >= 2, "pings all along: {}", pings.len());
+    for pair in pings.windows(2) {
+        assert!(pair[1] - pair[0] < 2 * SEC, "a gap systemd would not allow");
+    }
 }
 
 #[test]
@@ -438,7 +455,7 @@ fn reconcile_events_reach_journald_as_structured_fields() {
     cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
     cmd.stderr(file);
     common::pass_socket(&mut cmd, &env.listener);
-    let mut child = cmd.spawn().unwrap();
+    let mut child = common::Guarded(cmd.spawn().unwrap());
     eventually(10 * SEC, "the daemon", || {
         try_request(env.port, "GET", "/api/health", None, SEC)
             .ok()

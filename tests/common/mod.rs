@@ -364,6 +364,33 @@ impl Drop for Daemon {
     }
 }
 
+/// A child process that is killed when the test ends, also when an assertion fails first
+/// (a daemon left running would hold its socket and files, and burn a little CPU, for the
+/// rest of the suite).
+pub struct Guarded(pub Child);
+
+impl std::ops::Deref for Guarded {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Waits until `path` contains `needle`; on timeout, the error is the file's text.
 pub fn wait_for_file_text(path: &Path, needle: &str, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
