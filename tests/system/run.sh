@@ -6,10 +6,14 @@
 #
 # Without an argument the package is built with packaging/deb/build.sh (cargo build
 # --release included). A second package with a higher version is always built from the
-# same binary (build.sh --binary ... --version ...) for the upgrade check.
+# same binary (build.sh --binary ... --version ...) for the upgrade check. The packages are
+# published in a local apt repository signed with a throwaway key the test generates
+# (apt-ftparchive, gpg), which the container sees under /kindler-test/repo; the container
+# installs and upgrades kindler by name from it, with no other source of packages.
 #
 # Needs root and: systemd-nspawn (systemd-container), debootstrap, nsenter (util-linux),
-# curl, python3, dpkg-deb. The container's root is debootstrapped once (~1 min) and cached
+# curl, python3, dpkg-deb, apt-ftparchive (apt-utils), gpg (gnupg), and what build.sh
+# needs (debhelper, dpkg-dev). The container's root is debootstrapped once (~1 min) and cached
 # in $KINDLER_SYSTEST_CACHE (default /var/cache/kindler-systest); the container boots it
 # with --volatile=overlay, so the cache stays clean. Environment:
 #   KINDLER_SYSTEST_CACHE   cache directory of the root
@@ -19,8 +23,10 @@
 #                           stop it with: nsenter -t PID -a systemctl poweroff)
 #
 # Checks (each printed as PASS or FAIL; the exit status is 1 if any failed):
-#   1. apt-get install ./kindler_*.deb; sockets active; the API answers over the activated
-#      TCP socket (health, config, clusters) and over /run/kindler/api.sock
+#   1. the signed local repository: apt refuses it while signed-by names another key, reads
+#      it with the right one; `apt install kindler`; sockets active; the daemon has the
+#      group docker; the API answers over the activated TCP socket (health, config,
+#      clusters) and over /run/kindler/api.sock
 #   2. a cluster declared over the API reaches "running" with stand-in scripts; the journal
 #      holds its reconcile events (MESSAGE_ID, KINDLER_CLUSTER/ACTION/RUN_ID)
 #   3. systemctl start kindler-reconciler (the alias) works
@@ -28,7 +34,8 @@
 #      the run is recorded as interrupted, and redone after the next start
 #   5. a daemon frozen with SIGSTOP is killed by the watchdog and restarted; a request
 #      sent meanwhile is answered
-#   6. upgrade to a higher version under client load: no refused connection, no lost cluster
+#   6. upgrade under client load: the higher version published in the repository,
+#      apt-get update && apt upgrade; no refused connection, no lost cluster, sockets kept
 #   7. apt-get remove keeps data, configuration and user; purge removes them
 #   8. systemd-analyze security; package size, install time, stop time
 # Results are written to target/system-test/ (summary.txt, security.txt, journal.txt).
@@ -59,15 +66,15 @@ check() { local what=$1; shift; if "$@" >/dev/null; then pass "$what"; else fail
 die() { printf '%sERROR%s %s\n' "$R" "$N" "$*" >&2; exit 2; }
 
 [ "$(id -u)" = 0 ] || die "run me as root: sudo $0 $*"
-for tool in systemd-nspawn nsenter debootstrap curl python3 dpkg-deb dpkg flock; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (apt-get install -y --no-install-recommends systemd-container debootstrap curl python3)"
+for tool in systemd-nspawn nsenter debootstrap curl python3 dpkg-deb dpkg flock apt-ftparchive gpg; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (apt-get install -y --no-install-recommends systemd-container debootstrap curl python3 apt-utils gnupg)"
 done
 
 mkdir -p "$work"
 stage="$work/stage"
 rm -rf "$stage"
-mkdir -p "$stage/debs" "$stage/standin"
-chmod 0755 "$work" "$stage" "$stage/debs" "$stage/standin"
+mkdir -p "$stage/repo" "$stage/apt" "$stage/standin"
+chmod 0755 "$work" "$stage" "$stage/repo" "$stage/apt" "$stage/standin"
 
 # --- the packages ----------------------------------------------------------------------------
 step "packages"
@@ -91,13 +98,48 @@ new_deb=$("$repo/packaging/deb/build.sh" --no-lintian --binary "$extract/usr/bin
     --version "$new_version" --out "$work/debs-new" 2>"$work/build-new.log" | tail -n1) \
     || { cat "$work/build-new.log" >&2; die "building the upgrade package failed"; }
 rm -rf "$extract"
-cp "$deb" "$new_deb" "$stage/debs/"
-deb_name=$(basename "$deb")
-new_deb_name=$(basename "$new_deb")
-chmod 0644 "$stage/debs/"*
 metric[package_size]=$(stat -c %s "$deb")
 log "package:         $deb ($version, $arch, ${metric[package_size]} bytes)"
 log "upgrade package: $new_deb ($new_version)"
+
+# --- the signed local apt repository ---------------------------------------------------------
+# A flat repository (Packages, Release, InRelease beside the packages) in $stage/repo, which
+# the container sees as $cmount/repo. Signed with a throwaway ed25519 key made here; a
+# second key, which signs nothing, shows that apt really checks the signature.
+export GNUPGHOME="$work/gnupg"
+rm -rf "$GNUPGHOME"
+mkdir -m 0700 "$GNUPGHOME"
+for uid in "kindler system test repository <systest@kindler.invalid>" "kindler system test, another key <other@kindler.invalid>"; do
+    gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
+        --quick-generate-key "$uid" ed25519 sign 1d 2>>"$work/gpg.log" || die "gpg could not make a key (log: $work/gpg.log)"
+done
+gpg --batch --export "systest@kindler.invalid" >"$stage/apt/kindler-test.gpg"
+gpg --batch --export "other@kindler.invalid" >"$stage/apt/other-key.gpg"
+cat >"$stage/apt/kindler-test.sources" <<EOF
+# kindler system test: the local repository, signed with the test's throwaway key.
+Types: deb
+URIs: file:$cmount/repo/
+Suites: ./
+Signed-By: /etc/apt/keyrings/kindler-test.gpg
+EOF
+# publish DEB...: the repository holds exactly these packages, with a new signed index.
+publish() {
+    rm -f "$stage/repo/"*
+    cp "$@" "$stage/repo/"
+    (
+        cd "$stage/repo" &&
+        apt-ftparchive packages . >Packages &&
+        gzip -9nk Packages &&
+        apt-ftparchive -o APT::FTPArchive::Release::Origin=kindler-systest \
+            -o APT::FTPArchive::Release::Label=kindler-systest \
+            -o APT::FTPArchive::Release::Suite=kindler-systest release . >Release.new &&
+        mv Release.new Release &&
+        gpg --batch --yes --local-user "systest@kindler.invalid" --clearsign -o InRelease Release
+    ) >>"$work/publish.log" 2>&1 || return 1
+    chmod 0644 "$stage/repo/"*
+}
+publish "$deb" || die "publishing $deb in the local repository failed (log: $work/publish.log)"
+log "repository:      $stage/repo, signed by $(gpg --batch --with-colons --list-keys systest@kindler.invalid | awk -F: '$1 == "fpr" { print $10; exit }')"
 
 install -m 0755 "$here/standin/create-cluster" "$here/standin/probe-cluster" \
     "$here/standin/noop-cluster" "$stage/standin/"
@@ -341,15 +383,38 @@ if [ "$port" != 8765 ]; then
 fi
 # A docker group, as docker.io would create it: the postinst adds kindler to it.
 C groupadd --system docker
+# apt resolves from the local repository and what is installed, nothing else: the Debian
+# mirror debootstrap wrote into sources.list goes (the overlay keeps the cache clean).
+C rm -f /etc/apt/sources.list
+C install -d -m 0755 /etc/apt/keyrings
+C install -m 0644 "$cmount/apt/kindler-test.sources" /etc/apt/sources.list.d/kindler-test.sources
+# First with another key at the path signed-by names: apt must refuse the repository.
+C install -m 0644 "$cmount/apt/other-key.gpg" /etc/apt/keyrings/kindler-test.gpg
+C apt-get update >"$work/apt-update-wrong-key.log" 2>&1
+rc=$?
+refused_unsigned() { [ "$rc" != 0 ] && grep -Eq 'NO_PUBKEY|is not signed' "$work/apt-update-wrong-key.log"; }
+check "apt-get update refuses the repository while signed-by names another key (exit $rc: $(grep -m1 -Eo 'NO_PUBKEY [0-9A-F]+|is not signed' "$work/apt-update-wrong-key.log"))" \
+    refused_unsigned
+no_candidate() { [[ $(C apt-cache policy kindler 2>/dev/null) != *Candidate:\ [0-9]* ]]; }
+check "apt knows no kindler to install from the refused repository" no_candidate
+C install -m 0644 "$cmount/apt/kindler-test.gpg" /etc/apt/keyrings/kindler-test.gpg
+C apt-get update >"$work/apt-update.log" 2>&1
+rc=$?
+update_clean() { [ "$rc" = 0 ] && ! grep -Eq '^(W|E):' "$work/apt-update.log"; }
+check "apt-get update reads the local repository signed with the test's key (signed-by=/etc/apt/keyrings/kindler-test.gpg), no warning" \
+    update_clean
+[ "$rc" = 0 ] || tail -n 10 "$work/apt-update.log"
+candidate() { C apt-cache policy kindler 2>/dev/null | sed -n 's/^ *Candidate: //p'; }
+check "apt-cache policy kindler: candidate $(candidate), from $cmount/repo" test "$(candidate)" = "$version"
 t0=$(date +%s.%N)
-C apt-get install -y "$cmount/debs/$deb_name" >"$work/install.log" 2>&1
+C apt install -y kindler >"$work/install.log" 2>&1
 rc=$?
 t1=$(date +%s.%N)
 metric[install_seconds]=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
 if [ $rc = 0 ]; then
-    pass "apt-get install ./$deb_name succeeded (${metric[install_seconds]} s)"
+    pass "apt install kindler succeeded (${metric[install_seconds]} s)"
 else
-    fail "apt-get install ./$deb_name failed (exit $rc); log: $work/install.log"
+    fail "apt install kindler failed (exit $rc); log: $work/install.log"
     tail -n 30 "$work/install.log"
     die "cannot go on without the package installed"
 fi
@@ -365,10 +430,22 @@ check "system user kindler exists with home /var/lib/kindler" \
     test "$(C getent passwd kindler | cut -d: -f6)" = /var/lib/kindler
 in_docker_group() { [[ " $(C id -nG kindler) " == *" docker "* ]]; }
 check "the postinst added kindler to the existing group docker ($(C id -nG kindler))" in_docker_group
+# The user exists only once the postinst's debhelper part ran, which also started the
+# daemon: the postinst restarts it to take the group (supplementary groups are fixed at exec).
+docker_gid=$(C getent group docker | cut -d: -f3)
+daemon_groups() { C sed -n 's/^Groups:[[:space:]]*//p' "/proc/$(main_pid)/status"; }
+daemon_in_docker() { [[ " $(daemon_groups) " == *" $docker_gid "* ]]; }
+check "the running daemon has the group docker (gid $docker_gid; its groups: $(daemon_groups))" daemon_in_docker
 check "/var/lib/kindler is kindler:kindler 750" \
     test "$(C stat -c '%U:%G %a' /var/lib/kindler)" = "kindler:kindler 750"
 conffile_listed() { C dpkg-query -W -f '${Conffiles}\n' kindler | grep -q '^ */etc/kindler/kindler.toml '; }
 check "/etc/kindler/kindler.toml is a conffile" conffile_listed
+check "/usr/share/doc/kindler/README.md (the units' Documentation=) is there, uncompressed" \
+    C test -f /usr/share/doc/kindler/README.md
+# The catalog is installed under /usr/lib/systemd/catalog, where systemd's dpkg trigger runs
+# journalctl --update-catalog; the package itself no longer does.
+catalog_known() { C journalctl --list-catalog 5c56fab6401c4283810770711566ceaa 2>/dev/null | grep -q kindler; }
+check "journalctl knows kindler's message catalog (systemd's trigger updated it)" catalog_known
 # --man=no: the container has no manual pages for Documentation=man:systemd.service(5).
 # It exits 0 on warnings (unknown directives, bad values): nothing may be printed either.
 verify_clean() {
@@ -597,6 +674,17 @@ all_running() {
 }
 check "7 clusters declared and running before the upgrade" wait_for 30 all_running
 names_before=$(printf '%s' "$BODY" | jget 'sorted(c["name"] for c in d)')
+# The higher version goes into the repository (beside the installed one, as in an archive).
+if publish "$deb" "$new_deb"; then
+    pass "$new_version published in the local repository, its index signed again"
+else
+    fail "publishing $new_version in the local repository failed (log: $work/publish.log)"
+fi
+C apt-get update >"$work/apt-update-new.log" 2>&1
+rc=$?
+update_clean() { [ "$rc" = 0 ] && ! grep -Eq '^(W|E):' "$work/apt-update-new.log"; }
+check "apt-get update reads the new index without a warning" update_clean
+check "apt-cache policy kindler: installed $version, candidate $(candidate)" test "$(candidate)" = "$new_version"
 pid_before=$(main_pid)
 sock_since=$(unit_prop kindler.socket ActiveEnterTimestampMonotonic)
 api_sock_since=$(unit_prop kindler-api.socket ActiveEnterTimestampMonotonic)
@@ -625,7 +713,7 @@ load_count() { wc -l <"$work/load.done"; }
 load_reaches() { [ "$(load_count)" -ge "$1" ]; }
 wait_for 20 load_reaches 20 || fail "the client loop did not get going"
 t0=$(date +%s.%N)
-C apt-get install -y "$cmount/debs/$new_deb_name" >"$work/upgrade.log" 2>&1
+C apt upgrade -y >"$work/upgrade.log" 2>&1
 rc=$?
 t1=$(date +%s.%N)
 wait_for 20 load_reaches $(($(load_count) + 20)) || fail "the client loop stalled after the upgrade"
@@ -635,7 +723,7 @@ loop_pid=""
 read -r total failed refused <"$work/load.result"
 metric[upgrade_seconds]=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
 metric[upgrade_requests]=$total
-check "apt-get install ./$new_deb_name (upgrade $version -> $new_version) succeeded in ${metric[upgrade_seconds]} s" test "$rc" = 0
+check "apt upgrade (kindler $version -> $new_version) succeeded in ${metric[upgrade_seconds]} s" test "$rc" = 0
 check "dpkg lists kindler $new_version" \
     test "$(C dpkg-query -W -f '${Version}' kindler)" = "$new_version"
 check "kindler.service was restarted by the upgrade (MainPID $pid_before -> $(main_pid))" \
@@ -701,9 +789,9 @@ human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
 metric[package_size_human]=$(human "${metric[package_size]}")
 {
     echo "kindler system test, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "package:                $deb_name"
+    echo "package:                $(basename "$deb")"
     echo "package size:           ${metric[package_size]} bytes (${metric[package_size_human]})"
-    echo "install time:           ${metric[install_seconds]} s (apt-get install in the container)"
+    echo "install time:           ${metric[install_seconds]} s (apt install kindler in the container)"
     echo "stop time (slow create): ${metric[stop_seconds]} s (kill_grace 3 s, TimeoutStopSec 30 s)"
     echo "watchdog: a request sent to a frozen daemon was answered after ${metric[watchdog_answer_seconds]:-?} s"
     echo "upgrade:                ${metric[upgrade_seconds]:-?} s, ${metric[upgrade_requests]:-?} client requests meanwhile"
