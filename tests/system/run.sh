@@ -36,8 +36,12 @@
 #      sent meanwhile is answered
 #   6. upgrade under client load: the higher version published in the repository,
 #      apt-get update && apt upgrade; no refused connection, no lost cluster, sockets kept
-#   7. apt-get remove keeps data, configuration and user; purge removes them
-#   8. systemd-analyze security; package size, install time, stop time
+#   7. processes that escape kindler's tag during a create (one in the script's process
+#      group, one in its own session): `systemctl kill -s KILL kindler` (the whole cgroup),
+#      then SIGKILL to the main process only (KillMode=mixed: systemd kills the rest);
+#      after each restart nothing of the create is left and the new daemon creates it
+#   8. apt-get remove keeps data, configuration and user; purge removes them
+#   9. systemd-analyze security; package size, install time, stop time
 # Results are written to target/system-test/ (summary.txt, security.txt, journal.txt).
 # shellcheck disable=SC2016,SC2317  # dpkg-query formats in single quotes; helpers run via check/trap
 set -uo pipefail
@@ -496,7 +500,7 @@ stranger=$(unix_get_as kindler-stranger)
 check "a user outside group kindler is refused (${stranger%%$'\n'*})" \
     test "$stranger" = "connect: Permission denied"
 
-# 8 (while installed and untouched by drop-ins). ------------------------------------------------
+# 9 (while installed and untouched by drop-ins). ------------------------------------------------
 C systemd-analyze security --no-pager kindler.service >"$work/security.txt" 2>&1
 rc=$?
 metric[exposure]=$(grep -a 'Overall exposure level' "$work/security.txt" | sed 's/.*: //')
@@ -750,10 +754,154 @@ api GET /api/clusters
 check "after it, kindler runs (MainPID $pid_before -> $(main_pid)) and lists the same clusters" \
     test "$CODE $(printf '%s' "$BODY" | jget 'sorted(c["name"] for c in d)')" = "200 $names_before"
 
+# =================================================================================================
+step "7. processes that escape kindler's tag"
+# A create whose stand-in starts two grandchildren without KINDLER_PROCESS_TAG: kindler cannot
+# find them by tag, and the setsid one is not in the script's process group either. systemd
+# still has them all in kindler.service's cgroup.
+# cproc PID: "state pgid sid" of a process of the container (container pids), empty if none.
+cproc() { C cat "/proc/$1/stat" 2>/dev/null | awk '{ sub(/.*\) /, ""); print $1, $3, $4 }'; }
+has_tag() { C cat "/proc/$1/environ" 2>/dev/null | tr '\0' '\n' | grep -q '^KINDLER_PROCESS_TAG='; }
+in_unit_cgroup() { C grep -q 'kindler.service' "/proc/$1/cgroup" 2>/dev/null; }
+escaped() { C cat "/var/lib/kindler/standin-$1.escaped" 2>/dev/null | awk -v k="$2" '$1 == k { print $2 }'; }
+escape_ready() { [ -n "$(escaped "$1" in-group)" ] && [ -n "$(escaped "$1" setsid)" ]; }
+# create_procs NAME: container pid and start time of every live process of NAME's current
+# create: the stand-in script, all that carry its tag, and the two untagged grandchildren.
+create_procs() {
+    local extra=()
+    read -r -a extra <<<"$(escaped "$1" in-group) $(escaped "$1" setsid)"
+    python3 - "$cpid" "$1" "${extra[@]}" <<'PY'
+import os, sys
+cpid, name, extra = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+ns = os.readlink(f"/proc/{cpid}/ns/pid")
+procs = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if os.readlink(f"/proc/{pid}/ns/pid") != ns:
+            continue
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        nspid = [l.split()[-1] for l in open(f"/proc/{pid}/status") if l.startswith("NSpid:")][0]
+    except (OSError, IndexError):
+        continue
+    if stat[0] != "Z":
+        tag = next((e for e in env if e.startswith(b"KINDLER_PROCESS_TAG=")), None)
+        procs[nspid] = (stat[19], cmd, tag)
+tags = {t for (_, cmd, t) in procs.values() if t and f"create-cluster -n {name} " in cmd + " "}
+for nspid, (start, cmd, tag) in sorted(procs.items(), key=lambda p: int(p[0])):
+    if nspid in extra or (tag and tag in tags):
+        print(f"{nspid} {start} {cmd}")
+PY
+}
+# alive_of SNAPSHOT: the processes of a create_procs snapshot that still live (same pid and
+# start time, not a zombie).
+alive_of() {
+    local pid start cmd now
+    while read -r pid start cmd; do
+        [ -n "$pid" ] || continue
+        now=$(C cat "/proc/$pid/stat" 2>/dev/null | awk '{ sub(/.*\) /, ""); if ($1 != "Z") print $20 }')
+        [ "$now" = "$start" ] && printf '%s (%s); ' "$pid" "$cmd"
+    done <<<"$1"
+}
+sleeps_600() { C pgrep -a -x -f 'sleep 600' | tr '\n' ';'; }
+new_daemon() { unit_active kindler.service && [ "$(main_pid)" != 0 ] && [ "$(main_pid)" != "$1" ]; }
+journal_cursor() { C journalctl -q -n 0 --show-cursor | sed -n 's/^-- cursor: //p'; }
+# created_by NAME PID: the newest create of NAME succeeded, logged by the daemon PID, after
+# a create that was recorded as interrupted (by the daemon that found it unfinished).
+created_by() {
+    api GET "/api/clusters/$1/history" && [ "$CODE" = 200 ] || return 1
+    printf '%s' "$BODY" | python3 -c '
+import json, sys
+runs = [r for r in json.load(sys.stdin) if r["action"] == "create"]
+ok = runs and runs[0]["outcome"] == "succeeded" and any(
+    r["outcome"] == "interrupted" and "killed or crashed" in (r["error"] or "") for r in runs[1:])
+sys.exit(0 if ok else 1)' || return 1
+    C journalctl -u kindler.service -o json --no-pager KINDLER_CLUSTER="$1" \
+        MESSAGE_ID=3f2b684baf7645c7ae2f851840eb3cc7 | python3 -c '
+import json, sys
+pids = [json.loads(l).get("_PID") for l in sys.stdin if l.strip()]
+sys.exit(0 if pids and pids[-1] == sys.argv[1] else 1)' "$2"
+}
+
+# escape_create NAME: declares NAME and checks the set-up: the create runs with its two
+# untagged grandchildren, one in the script's process group, one in its own session, all in
+# kindler.service's cgroup. Sets ESCAPED (the create's processes) and IG, SS (the two pids).
+escape_create() {
+    local name=$1 script pg lines
+    api POST /api/clusters "{\"name\":\"$name\",\"provider\":\"k3d\"}"
+    check "POST /api/clusters {$name} answers 202" test "$CODE" = 202
+    if ! wait_for 30 escape_ready "$name"; then
+        fail "the create of $name did not start its untagged grandchildren"
+        return 1
+    fi
+    IG=$(escaped "$name" in-group) SS=$(escaped "$name" setsid)
+    ESCAPED=$(create_procs "$name")
+    script=$(awk '/create-cluster -n /{ print $1; exit }' <<<"$ESCAPED")
+    pg=$(cproc "$script" | awk '{ print $2 }')
+    log "  the create's processes (container pids):"
+    mapfile -t lines <<<"$ESCAPED"
+    printf '    %s\n' "${lines[@]}"
+    check "the stand-in script $script carries the tag and leads its process group $pg" \
+        eval 'has_tag "$script" && [ "$pg" = "$script" ]'
+    check "grandchild $IG (env -u KINDLER_PROCESS_TAG sleep 600 &): no tag, in the script's process group $pg" \
+        eval '! has_tag "$IG" && [ "$(cproc "$IG" | awk "{ print \$2 }")" = "$pg" ]'
+    check "grandchild $SS (setsid env -u KINDLER_PROCESS_TAG sleep 600 &): no tag, its own session and group" \
+        eval '! has_tag "$SS" && [ "$(cproc "$SS" | awk "{ print \$2, \$3 }")" = "$SS $SS" ]'
+    check "both are in kindler.service's cgroup" eval 'in_unit_cgroup "$IG" && in_unit_cgroup "$SS"'
+}
+
+# 7a. systemctl kill -s KILL: every process of the unit's cgroup at once.
+if escape_create escape1; then
+    pid_before=$(main_pid)
+    restarts_before=$(unit_prop kindler.service NRestarts)
+    cursor=$(journal_cursor)
+    C systemctl kill -s KILL kindler
+    check "after systemctl kill -s KILL kindler, systemd restarts it (Restart=on-failure)" \
+        wait_for 30 new_daemon "$pid_before"
+    C journalctl -u kindler.service --no-pager -o cat --after-cursor="$cursor" >"$work/escape1-systemd.txt" 2>&1
+    log "  what systemd did (journal of kindler.service, systemd's lines):"
+    grep -E 'Main process exited|Killing process|Failed with result|Scheduled restart' "$work/escape1-systemd.txt" | sed 's/^/    /'
+    left=$(alive_of "$ESCAPED")
+    check "once kindler is active again (MainPID $pid_before -> $(main_pid), NRestarts $restarts_before -> $(unit_prop kindler.service NRestarts)), nothing of escape1's create is left${left:+: $left}" \
+        test -z "$left"
+    left=$(sleeps_600)
+    check "no 'sleep 600' is left in the container${left:+: $left}" test -z "$left"
+    check "escape1 reaches running" wait_for 30 state_is escape1 running
+    check "the restarted daemon (MainPID $(main_pid)) recorded the create as interrupted and created escape1" \
+        created_by escape1 "$(main_pid)"
+fi
+
+# 7b. SIGKILL to the main process only: with KillMode=mixed, systemd kills what is left of
+# the cgroup (SIGKILL) before it restarts the service.
+if escape_create escape2; then
+    pid_before=$(main_pid)
+    cursor=$(journal_cursor)
+    C kill -KILL "$pid_before"
+    check "after kill -KILL $pid_before (the main process only), systemd restarts kindler" \
+        wait_for 30 new_daemon "$pid_before"
+    left=$(alive_of "$ESCAPED")
+    check "once kindler is active again (MainPID $pid_before -> $(main_pid)), nothing of escape2's create is left${left:+: $left}" \
+        test -z "$left"
+    left=$(sleeps_600)
+    check "no 'sleep 600' is left in the container${left:+: $left}" test -z "$left"
+    C journalctl -u kindler.service --no-pager -o cat --after-cursor="$cursor" >"$work/escape2-systemd.txt" 2>&1
+    log "  what systemd did (journal of kindler.service, systemd's lines):"
+    grep -E 'Main process exited|Killing process|Failed with result|Scheduled restart' "$work/escape2-systemd.txt" | sed 's/^/    /'
+    check "systemd saw the main process die of SIGKILL" \
+        grep -q 'Main process exited, code=killed, status=9/KILL' "$work/escape2-systemd.txt"
+    killed_by_systemd() { grep -q "Killing process $1 (sleep) with signal SIGKILL" "$work/escape2-systemd.txt"; }
+    check "systemd itself SIGKILLed the untagged grandchildren $IG and $SS (KillMode=mixed)" \
+        eval 'killed_by_systemd "$IG" && killed_by_systemd "$SS"'
+    check "escape2 reaches running" wait_for 30 state_is escape2 running
+    check "the restarted daemon (MainPID $(main_pid)) recorded the create as interrupted and created escape2" \
+        created_by escape2 "$(main_pid)"
+fi
+
 C journalctl -o short-iso --no-pager >"$work/journal.txt" 2>&1
 
 # =================================================================================================
-step "7. remove, then purge"
+step "8. remove, then purge"
 C apt-get remove -y kindler >"$work/remove.log" 2>&1
 check "apt-get remove kindler succeeded" test $? = 0
 for u in kindler.service kindler.socket kindler-api.socket; do
@@ -784,7 +932,7 @@ check "no kindler unit links are left in /etc/systemd/system${leftover_links:+: 
 check "dpkg no longer knows kindler" absent dpkg-query -W kindler
 
 # =================================================================================================
-step "8. numbers"
+step "9. numbers"
 human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
 metric[package_size_human]=$(human "${metric[package_size]}")
 {
