@@ -110,9 +110,12 @@ log "upgrade package: $new_deb ($new_version)"
 # A flat repository (Packages, Release, InRelease beside the packages) in $stage/repo, which
 # the container sees as $cmount/repo. Signed with a throwaway ed25519 key made here; a
 # second key, which signs nothing, shows that apt really checks the signature.
-export GNUPGHOME="$work/gnupg"
-rm -rf "$GNUPGHOME"
-mkdir -m 0700 "$GNUPGHOME"
+# A new GNUPGHOME each run: gpg-agent's socket is named after it, and an agent of an earlier
+# run whose directory was deleted under it may still be going away. Ended at exit.
+GNUPGHOME=$(mktemp -d "${TMPDIR:-/tmp}/kindler-systest-gnupg.XXXXXX") || die "mktemp failed"
+export GNUPGHOME
+gpg_cleanup() { gpgconf --kill gpg-agent >/dev/null 2>&1; rm -rf "$GNUPGHOME"; }
+trap gpg_cleanup EXIT
 for uid in "kindler system test repository <systest@kindler.invalid>" "kindler system test, another key <other@kindler.invalid>"; do
     gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
         --quick-generate-key "$uid" ed25519 sign 1d 2>>"$work/gpg.log" || die "gpg could not make a key (log: $work/gpg.log)"
@@ -217,6 +220,7 @@ cpid=""
 loop_pid=""
 cleanup() {
     local rc=$?
+    gpg_cleanup
     [ -n "$loop_pid" ] && kill "$loop_pid" 2>/dev/null && wait "$loop_pid" 2>/dev/null
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
         if [ "${KINDLER_SYSTEST_KEEP:-0}" = 1 ]; then
