@@ -40,8 +40,9 @@
 #      group, one in its own session): `systemctl kill -s KILL kindler` (the whole cgroup),
 #      then SIGKILL to the main process only (KillMode=mixed: systemd kills the rest);
 #      after each restart nothing of the create is left and the new daemon creates it
-#   8. apt-get remove keeps data, configuration and user; purge removes them
-#   9. systemd-analyze security; package size, install time, stop time
+#   8. 5 restarts in a row under load (>= 1,000 GETs and POSTs): none failed or refused
+#   9. apt-get remove keeps data, configuration and user; purge removes them
+#  10. systemd-analyze security; package size, install time, stop time
 # Results are written to target/system-test/ (summary.txt, security.txt, journal.txt).
 # shellcheck disable=SC2016,SC2317  # dpkg-query formats in single quotes; helpers run via check/trap
 set -uo pipefail
@@ -504,7 +505,7 @@ stranger=$(unix_get_as kindler-stranger)
 check "a user outside group kindler is refused (${stranger%%$'\n'*})" \
     test "$stranger" = "connect: Permission denied"
 
-# 9 (while installed and untouched by drop-ins). ------------------------------------------------
+# 10 (while installed and untouched by drop-ins). ------------------------------------------------
 C systemd-analyze security --no-pager kindler.service >"$work/security.txt" 2>&1
 rc=$?
 metric[exposure]=$(grep -a 'Overall exposure level' "$work/security.txt" | sed 's/.*: //')
@@ -902,10 +903,90 @@ if escape_create escape2; then
         created_by escape2 "$(main_pid)"
 fi
 
+# =================================================================================================
+step "8. restarts under load"
+sock_since=$(unit_prop kindler.socket ActiveEnterTimestampMonotonic)
+api_sock_since=$(unit_prop kindler-api.socket ActiveEnterTimestampMonotonic)
+rdir="$work/restarts"
+rm -rf "$rdir"
+mkdir -p "$rdir"
+# The client: 4 threads, a new connection per request: GET /api/clusters, /api/clusters/dev,
+# /api/health, POST /api/clusters/dev/start, and 10 declarations of new clusters.
+python3 "$here/load-client.py" "$base" "$rdir" --threads 4 --min-requests 1000 --declare 10 \
+    >"$rdir/client.log" 2>&1 &
+loop_pid=$!
+r_count() { cat "$rdir/count" 2>/dev/null || echo 0; }
+r_reaches() { [ "$(r_count)" -ge "$1" ]; }
+# Five starts in a row are the whole of systemd's default start limit (StartLimitBurst=5 in
+# StartLimitIntervalSec=10s), which counts the starts of the steps before too: clear it.
+C systemctl reset-failed kindler.service
+restart_pids=("$(main_pid)")
+restart_rcs=()
+: >"$rdir/windows"
+for i in 1 2 3 4 5; do
+    # Spread the restarts over the load: the next one after 150 more requests.
+    wait_for 60 r_reaches $((i * 150)) || { fail "the client did not reach $((i * 150)) requests"; break; }
+    t0=$(date +%s.%N)
+    C systemctl restart kindler
+    rc=$?
+    t1=$(date +%s.%N)
+    echo "$t0 $t1" >>"$rdir/windows"
+    restart_rcs+=("$rc")
+    restart_pids+=("$(main_pid)")
+done
+touch "$rdir/stop"
+client_done() { [ -f "$rdir/result" ] || ! kill -0 "$loop_pid" 2>/dev/null; }
+wait_for 120 client_done || fail "the client did not finish"
+wait "$loop_pid"
+loop_pid=""
+check "5 x systemctl restart kindler, each succeeded (exit statuses ${restart_rcs[*]})" \
+    test "${restart_rcs[*]}" = "0 0 0 0 0"
+distinct_pids() {
+    [ "$(printf '%s\n' "${restart_pids[@]}" | grep -vx 0 | sort -u | wc -l)" = 6 ]
+}
+check "each restart started a new daemon (MainPIDs ${restart_pids[*]})" distinct_pids
+if [ -f "$rdir/result" ]; then
+    read -r total gets posts failed refused errors declared < <(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(r["total"], r["gets"], r["posts"], r["failed"], r["refused"],
+      ",".join(f"{k}:{v}" for k, v in r["errors"].items()) or "-", ",".join(r["declared"]) or "-")' "$rdir/result")
+else
+    total=0 gets=0 posts=0 failed="?" refused="?" errors="no result (client log: $rdir/client.log)" declared=-
+fi
+# How many requests were under way during each restart (sent before it ended, answered
+# after it began): the load really spans every restart.
+overlaps=$(python3 - "$rdir/requests" "$rdir/windows" <<'PY'
+import sys
+reqs = [tuple(map(float, l.split()[:2])) for l in open(sys.argv[1]) if l.strip()]
+for w in open(sys.argv[2]):
+    w0, w1 = map(float, w.split())
+    print(sum(1 for t0, t1 in reqs if t0 < w1 and t1 > w0), end=" ")
+PY
+)
+metric[restart_requests]=$total
+metric[restart_overlaps]=$overlaps
+spans_all() { [ "$(wc -w <<<"$overlaps")" = 5 ] && ! grep -qw 0 <<<"$overlaps"; }
+check "requests were under way during each of the 5 restarts ($overlaps)" spans_all
+check "restarts under load: $total requests ($gets GETs, $posts POSTs), $failed failed, $refused refused (errors: $errors)" \
+    test "$total" -ge 1000 -a "$failed" = 0 -a "$refused" = 0
+[ "$failed" = 0 ] || awk '$6 != "-" || ($3 == "GET" && $5 != 200) || ($3 == "POST" && $5 != 202)' "$rdir/requests" | head -n 5
+check "kindler.socket and kindler-api.socket were not restarted" \
+    test "$(unit_prop kindler.socket ActiveEnterTimestampMonotonic) $(unit_prop kindler-api.socket ActiveEnterTimestampMonotonic)" = "$sock_since $api_sock_since"
+declared_running() {
+    api GET /api/clusters && [ "$CODE" = 200 ] && printf '%s' "$BODY" | python3 -c '
+import json, sys
+want = set(sys.argv[1].split(","))
+running = {c["name"] for c in json.load(sys.stdin) if c["actual_state"] == "running"}
+sys.exit(0 if len(want) == 10 and want <= running else 1)' "$declared"
+}
+check "the 10 clusters declared during the restarts ($declared) are kept and reach running" \
+    wait_for 60 declared_running
+
 C journalctl -o short-iso --no-pager >"$work/journal.txt" 2>&1
 
 # =================================================================================================
-step "8. remove, then purge"
+step "9. remove, then purge"
 C apt-get remove -y kindler >"$work/remove.log" 2>&1
 check "apt-get remove kindler succeeded" test $? = 0
 for u in kindler.service kindler.socket kindler-api.socket; do
@@ -936,7 +1017,7 @@ check "no kindler unit links are left in /etc/systemd/system${leftover_links:+: 
 check "dpkg no longer knows kindler" absent dpkg-query -W kindler
 
 # =================================================================================================
-step "9. numbers"
+step "10. numbers"
 human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
 metric[package_size_human]=$(human "${metric[package_size]}")
 {
@@ -947,6 +1028,7 @@ metric[package_size_human]=$(human "${metric[package_size]}")
     echo "stop time (slow create): ${metric[stop_seconds]} s (kill_grace 3 s, TimeoutStopSec 30 s)"
     echo "watchdog: a request sent to a frozen daemon was answered after ${metric[watchdog_answer_seconds]:-?} s"
     echo "upgrade:                ${metric[upgrade_seconds]:-?} s, ${metric[upgrade_requests]:-?} client requests meanwhile"
+    echo "5 restarts under load:  ${metric[restart_requests]:-?} requests; under way during each restart: ${metric[restart_overlaps]:-?}"
     echo "exposure (systemd-analyze security kindler.service): ${metric[exposure]:-?}"
     echo "checks:                 $passes passed, $failures failed"
     echo "duration:               $((SECONDS - t_start)) s"
