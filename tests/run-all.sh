@@ -27,6 +27,10 @@ declare -A needs=(
     [systemd-nspawn]=systemd-container
     [lintian]=lintian
     [dpkg-deb]=dpkg
+    [dpkg-buildpackage]=dpkg-dev
+    [dh]=debhelper
+    [apt-ftparchive]=apt-utils
+    [gpg]=gnupg
     [python3]=python3
 )
 missing=()

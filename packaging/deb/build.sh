@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Debian package of kindler with dpkg-deb (no cargo-deb, no debhelper):
+# Builds the Debian package of kindler with debhelper (packaging/deb/debian/, compat 13):
 #
 #   packaging/deb/build.sh [--no-build] [--version VERSION] [--binary PATH] [--out DIR]
 #                          [--no-lintian]
@@ -11,11 +11,14 @@
 #   --out DIR          output directory (default: target/debian)
 #   --no-lintian       do not run lintian on the result (it runs when installed)
 #
-# Output: target/debian/kindler_<version>_<arch>.deb; its path is the last line printed.
-# The staging tree stays in target/debian/root/ for inspection.
-# Needs: bash, dpkg-deb, gzip, strip (binutils); dpkg-shlibdeps (dpkg-dev) is used when
-# present to compute the shared-library dependencies, python3 to list the bundled crates
-# in the copyright file. Runs as any user: file ownership in the package is root:root.
+# Output: DIR/kindler_<version>_<arch>.deb; its path is the last line printed.
+# What this script does itself: build the binary with cargo (the rustup toolchain; Debian's
+# rustc is too old), lay out a build tree in DIR/build/ (the repository's files the package
+# takes, the binary, and debian/ with a changelog for VERSION and a copyright file listing
+# the Rust crates linked in), and run `dpkg-buildpackage -b` there. Everything else, the
+# maintainer scripts included, is debhelper's. The build tree stays for inspection.
+# Needs: debhelper (13), dpkg-dev; python3 and cargo to list the crates in the copyright
+# file. Runs as any user (Rules-Requires-Root: no).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -45,8 +48,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-for tool in dpkg-deb dpkg gzip strip; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is needed (apt-get install dpkg binutils gzip)"
+for tool in dpkg-buildpackage dh dpkg-parsechangelog; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is needed (apt-get install debhelper dpkg-dev)"
 done
 
 # --- version ----------------------------------------------------------------------------
@@ -59,7 +62,6 @@ case "$version" in
 esac
 printf '%s' "$version" | grep -Eq '^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*-[A-Za-z0-9.+~]+$' \
     || die "'$version' is not a valid Debian version"
-arch=$(dpkg --print-architecture)
 
 # --- binary -----------------------------------------------------------------------------
 if [ "$build" = 1 ]; then
@@ -75,55 +77,31 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
     SOURCE_DATE_EPOCH=$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)
 fi
 export SOURCE_DATE_EPOCH
-changelog_date=$(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")
 
-# --- staging tree -----------------------------------------------------------------------
+# --- the build tree ---------------------------------------------------------------------
 mkdir -p "$out"
-root="$out/root"
-rm -rf "$root"
+out=$(cd "$out" && pwd)
+upstream=${version#*:}
+upstream=${upstream%-*}
+tree="$out/build/kindler-$upstream"
+rm -rf "$out/build"
 umask 022
-install -d "$root/DEBIAN"
+mkdir -p "$tree/packaging/deb"
+cp -r "$repo/systemd" "$repo/scripts" "$repo/README.md" "$tree/"
+cp "$here/kindler.toml" "$here/kindler.8" "$tree/packaging/deb/"
+cp -r "$here/debian" "$tree/debian"
+cp "$binary" "$tree/kindler"
 
-inst() { # inst MODE SOURCE DEST
-    install -D -m "$1" "$2" "$root/$3"
-}
+cat >"$tree/debian/changelog" <<CHANGELOG
+kindler ($version) unstable; urgency=medium
 
-inst 0755 "$binary" usr/bin/kindler
-strip --remove-section=.comment --remove-section=.note --strip-unneeded "$root/usr/bin/kindler"
+  * Built with packaging/deb/build.sh from the kindler sources
+    (Cargo.toml version $cargo_version).
 
-for unit in kindler.service kindler.socket kindler-api.socket; do
-    inst 0644 "$repo/systemd/$unit" "usr/lib/systemd/system/$unit"
-done
-inst 0644 "$repo/systemd/kindler.catalog" usr/lib/systemd/catalog/kindler.catalog
-inst 0644 "$repo/scripts/lib.sh" usr/lib/kindler/lib.sh
-for script in create-cluster delete-cluster start-cluster stop-cluster probe-cluster; do
-    inst 0755 "$repo/scripts/$script" "usr/lib/kindler/$script"
-done
-inst 0644 "$here/kindler.toml" etc/kindler/kindler.toml
-inst 0644 "$here/kindler.sysusers" usr/lib/sysusers.d/kindler.conf
-
-doc=usr/share/doc/kindler
-if [ -f "$repo/README.md" ]; then
-    inst 0644 "$repo/README.md" "$doc/README.md"
-else
-    install -d "$root/$doc"
-    cat >"$root/$doc/README.md" <<'EOF'
-# kindler
-
-kindler keeps the k3d and kind clusters declared over its HTTP API in an SQLite database
-and makes them exist, running create/delete/start/stop scripts and retrying failures.
-
-- Service: `systemctl status kindler` (alias kindler-reconciler.service), sockets
-  kindler.socket (127.0.0.1:8765) and kindler-api.socket (/run/kindler/api.sock).
-- Configuration: /etc/kindler/kindler.toml; every setting is listed by `kindler serve --help`.
-- Logs: `journalctl -u kindler`, per cluster `journalctl -u kindler KINDLER_CLUSTER=NAME`.
-- Manual: kindler(8).
-EOF
-fi
-inst 0644 "$here/README.Debian" "$doc/README.Debian"
+ -- kindler developers <dev@kindler.invalid>  $(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")
+CHANGELOG
 
 # copyright: the static file, plus the crates the binary links, when cargo can tell.
-install -d "$root/$doc"
 crates=""
 if command -v python3 >/dev/null 2>&1 && command -v cargo >/dev/null 2>&1; then
     host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
@@ -145,105 +123,24 @@ for pid in sorted(seen, key=lambda i: (pkgs[i]["name"], pkgs[i]["version"])):
 ' 2>/dev/null) || crates=""
 fi
 {
-    sed -n '1,/^$/{/^$/d;p}' "$here/copyright"
+    sed -n '1,/^$/{/^$/d;p}' "$here/debian/copyright"
     echo "Comment: /usr/bin/kindler is statically linked with these Rust crates (SQLite is"
     echo " compiled in by rusqlite's \"bundled\" feature; SQLite is in the public domain)."
     echo " Their licenses are the crates' own, as published on crates.io:"
     if [ -n "$crates" ]; then echo "$crates"; else echo " (list not available at build time; see Cargo.lock)"; fi
     echo
-    sed -n '/^$/,$p' "$here/copyright" | sed '1d'
-} >"$root/$doc/copyright"
-chmod 0644 "$root/$doc/copyright"
+    sed -n '/^$/,$p' "$here/debian/copyright" | sed '1d'
+} >"$tree/debian/copyright"
 
-cat >"$out/changelog.Debian" <<EOF
-kindler ($version) unstable; urgency=medium
+# --- debhelper --------------------------------------------------------------------------
+echo "build.sh: dpkg-buildpackage -b in $tree" >&2
+(cd "$tree" && dpkg-buildpackage -b --no-sign) >&2 || die "dpkg-buildpackage failed"
 
-  * Built with packaging/deb/build.sh from the kindler sources
-    (Cargo.toml version $cargo_version).
-
- -- kindler developers <dev@kindler.invalid>  $changelog_date
-EOF
-gzip -9n -c "$out/changelog.Debian" >"$root/$doc/changelog.Debian.gz"
-chmod 0644 "$root/$doc/changelog.Debian.gz"
-
-install -d "$root/usr/share/man/man8"
-gzip -9n -c "$here/kindler.8" >"$root/usr/share/man/man8/kindler.8.gz"
-chmod 0644 "$root/usr/share/man/man8/kindler.8.gz"
-
-inst 0644 "$here/lintian-overrides" usr/share/lintian/overrides/kindler
-
-# --- control area -----------------------------------------------------------------------
-for script in postinst prerm postrm; do
-    install -m 0755 "$here/maintscripts/$script" "$root/DEBIAN/$script"
-done
-printf '/etc/kindler/kindler.toml\n' >"$root/DEBIAN/conffiles"
-chmod 0644 "$root/DEBIAN/conffiles"
-
-# Shared-library dependencies: dpkg-shlibdeps needs a debian/control, so give it one.
-shlibs=""
-if command -v dpkg-shlibdeps >/dev/null 2>&1; then
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
-    mkdir -p "$tmp/debian"
-    printf 'Source: kindler\n\nPackage: kindler\nArchitecture: any\n' >"$tmp/debian/control"
-    if shlibs=$(cd "$tmp" && dpkg-shlibdeps -O -e"$root/usr/bin/kindler" 2>"$tmp/err"); then
-        shlibs=$(printf '%s\n' "$shlibs" | sed -n 's/^shlibs:Depends=//p')
-    else
-        echo "build.sh: dpkg-shlibdeps failed, using a fixed list:" >&2
-        cat "$tmp/err" >&2
-        shlibs=""
-    fi
-fi
-if [ -z "$shlibs" ]; then
-    shlibs="libc6 (>= 2.34), libgcc-s1 (>= 4.2)"
-fi
-# passwd: usermod, userdel and groupdel in the maintainer scripts (not Essential).
-depends="$shlibs, systemd, passwd"
-
-# Installed-Size as dpkg-gencontrol counts it: KiB per file rounded up, 1 per dir/link.
-installed_size=$(cd "$root" && find . -path ./DEBIAN -prune -o \( -type f -printf '%s\n' \) -o \( ! -name . -printf '1024\n' \) \
-    | awk '{ total += int(($1 + 1023) / 1024) } END { print total }')
-
-cat >"$root/DEBIAN/control" <<EOF
-Package: kindler
-Version: $version
-Architecture: $arch
-Maintainer: kindler developers <dev@kindler.invalid>
-Installed-Size: $installed_size
-Depends: $depends
-Recommends: docker.io | docker-ce
-Suggests: kubectl
-Section: admin
-Priority: optional
-Homepage: https://example.invalid/kindler
-Description: declarative reconciler for local k3d and kind clusters
- kindler keeps the local Kubernetes clusters (k3d or kind) declared over its
- HTTP API in an SQLite database and makes them exist: it runs create, delete,
- start and stop scripts for each cluster, checks running clusters with a probe
- script, and retries failures with exponential backoff.
- .
- It runs as a hardened systemd service with socket activation (TCP on
- 127.0.0.1:8765 for the WebUI, a unix socket for local tools), so clients
- wait rather than being refused while it restarts or is upgraded. It reports
- readiness and watchdog pings to systemd and logs to the journal with
- structured fields (KINDLER_CLUSTER, KINDLER_ACTION, KINDLER_RUN_ID) and a
- message catalog.
- .
- Default scripts for k3d and kind are included; they need docker and the
- k3d or kind command, and the probe needs kubectl.
-EOF
-chmod 0644 "$root/DEBIAN/control"
-
-(cd "$root" && find . -path ./DEBIAN -prune -o -type f ! -path './etc/*' -printf '%P\n' | LC_ALL=C sort \
-    | xargs -d '\n' md5sum) >"$root/DEBIAN/md5sums"
-chmod 0644 "$root/DEBIAN/md5sums"
-
-# Clamp every timestamp, so the same inputs give the same package.
-find "$root" -newermt "@$SOURCE_DATE_EPOCH" -exec touch --no-dereference --date="@$SOURCE_DATE_EPOCH" {} +
-
-deb="$out/kindler_${version#*:}_$arch.deb"
-rm -f "$deb"
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >&2
+arch=$(dpkg-architecture -qDEB_HOST_ARCH)
+name="kindler_${upstream}-${version##*-}_$arch.deb"
+[ -f "$out/build/$name" ] || die "dpkg-buildpackage made no $out/build/$name"
+mv -f "$out/build/$name" "$out/$name"
+deb="$out/$name"
 
 if [ "$lintian" = 1 ] && command -v lintian >/dev/null 2>&1; then
     echo "build.sh: lintian $deb" >&2

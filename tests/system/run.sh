@@ -6,10 +6,14 @@
 #
 # Without an argument the package is built with packaging/deb/build.sh (cargo build
 # --release included). A second package with a higher version is always built from the
-# same binary (build.sh --binary ... --version ...) for the upgrade check.
+# same binary (build.sh --binary ... --version ...) for the upgrade check. The packages are
+# published in a local apt repository signed with a throwaway key the test generates
+# (apt-ftparchive, gpg), which the container sees under /kindler-test/repo; the container
+# installs and upgrades kindler by name from it, with no other source of packages.
 #
 # Needs root and: systemd-nspawn (systemd-container), debootstrap, nsenter (util-linux),
-# curl, python3, dpkg-deb. The container's root is debootstrapped once (~1 min) and cached
+# curl, python3, dpkg-deb, apt-ftparchive (apt-utils), gpg (gnupg), and what build.sh
+# needs (debhelper, dpkg-dev). The container's root is debootstrapped once (~1 min) and cached
 # in $KINDLER_SYSTEST_CACHE (default /var/cache/kindler-systest); the container boots it
 # with --volatile=overlay, so the cache stays clean. Environment:
 #   KINDLER_SYSTEST_CACHE   cache directory of the root
@@ -19,8 +23,10 @@
 #                           stop it with: nsenter -t PID -a systemctl poweroff)
 #
 # Checks (each printed as PASS or FAIL; the exit status is 1 if any failed):
-#   1. apt-get install ./kindler_*.deb; sockets active; the API answers over the activated
-#      TCP socket (health, config, clusters) and over /run/kindler/api.sock
+#   1. the signed local repository: apt refuses it while signed-by names another key, reads
+#      it with the right one; `apt install kindler`; sockets active; the daemon has the
+#      group docker; the API answers over the activated TCP socket (health, config,
+#      clusters) and over /run/kindler/api.sock
 #   2. a cluster declared over the API reaches "running" with stand-in scripts; the journal
 #      holds its reconcile events (MESSAGE_ID, KINDLER_CLUSTER/ACTION/RUN_ID)
 #   3. systemctl start kindler-reconciler (the alias) works
@@ -28,9 +34,15 @@
 #      the run is recorded as interrupted, and redone after the next start
 #   5. a daemon frozen with SIGSTOP is killed by the watchdog and restarted; a request
 #      sent meanwhile is answered
-#   6. upgrade to a higher version under client load: no refused connection, no lost cluster
-#   7. apt-get remove keeps data, configuration and user; purge removes them
-#   8. systemd-analyze security; package size, install time, stop time
+#   6. upgrade under client load: the higher version published in the repository,
+#      apt-get update && apt upgrade; no refused connection, no lost cluster, sockets kept
+#   7. processes that escape kindler's tag during a create (one in the script's process
+#      group, one in its own session): `systemctl kill -s KILL kindler` (the whole cgroup),
+#      then SIGKILL to the main process only (KillMode=mixed: systemd kills the rest);
+#      after each restart nothing of the create is left and the new daemon creates it
+#   8. 5 restarts in a row under load (>= 1,000 GETs and POSTs): none failed or refused
+#   9. apt-get remove keeps data, configuration and user; purge removes them
+#  10. systemd-analyze security; package size, install time, stop time
 # Results are written to target/system-test/ (summary.txt, security.txt, journal.txt).
 # shellcheck disable=SC2016,SC2317  # dpkg-query formats in single quotes; helpers run via check/trap
 set -uo pipefail
@@ -59,15 +71,15 @@ check() { local what=$1; shift; if "$@" >/dev/null; then pass "$what"; else fail
 die() { printf '%sERROR%s %s\n' "$R" "$N" "$*" >&2; exit 2; }
 
 [ "$(id -u)" = 0 ] || die "run me as root: sudo $0 $*"
-for tool in systemd-nspawn nsenter debootstrap curl python3 dpkg-deb dpkg flock; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (apt-get install -y --no-install-recommends systemd-container debootstrap curl python3)"
+for tool in systemd-nspawn nsenter debootstrap curl python3 dpkg-deb dpkg flock apt-ftparchive gpg; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (apt-get install -y --no-install-recommends systemd-container debootstrap curl python3 apt-utils gnupg)"
 done
 
 mkdir -p "$work"
 stage="$work/stage"
 rm -rf "$stage"
-mkdir -p "$stage/debs" "$stage/standin"
-chmod 0755 "$work" "$stage" "$stage/debs" "$stage/standin"
+mkdir -p "$stage/repo" "$stage/apt" "$stage/standin"
+chmod 0755 "$work" "$stage" "$stage/repo" "$stage/apt" "$stage/standin"
 
 # --- the packages ----------------------------------------------------------------------------
 step "packages"
@@ -91,13 +103,51 @@ new_deb=$("$repo/packaging/deb/build.sh" --no-lintian --binary "$extract/usr/bin
     --version "$new_version" --out "$work/debs-new" 2>"$work/build-new.log" | tail -n1) \
     || { cat "$work/build-new.log" >&2; die "building the upgrade package failed"; }
 rm -rf "$extract"
-cp "$deb" "$new_deb" "$stage/debs/"
-deb_name=$(basename "$deb")
-new_deb_name=$(basename "$new_deb")
-chmod 0644 "$stage/debs/"*
 metric[package_size]=$(stat -c %s "$deb")
 log "package:         $deb ($version, $arch, ${metric[package_size]} bytes)"
 log "upgrade package: $new_deb ($new_version)"
+
+# --- the signed local apt repository ---------------------------------------------------------
+# A flat repository (Packages, Release, InRelease beside the packages) in $stage/repo, which
+# the container sees as $cmount/repo. Signed with a throwaway ed25519 key made here; a
+# second key, which signs nothing, shows that apt really checks the signature.
+# A new GNUPGHOME each run: gpg-agent's socket is named after it, and an agent of an earlier
+# run whose directory was deleted under it may still be going away. Ended at exit.
+GNUPGHOME=$(mktemp -d "${TMPDIR:-/tmp}/kindler-systest-gnupg.XXXXXX") || die "mktemp failed"
+export GNUPGHOME
+gpg_cleanup() { gpgconf --kill gpg-agent >/dev/null 2>&1; rm -rf "$GNUPGHOME"; }
+trap gpg_cleanup EXIT
+for uid in "kindler system test repository <systest@kindler.invalid>" "kindler system test, another key <other@kindler.invalid>"; do
+    gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
+        --quick-generate-key "$uid" ed25519 sign 1d 2>>"$work/gpg.log" || die "gpg could not make a key (log: $work/gpg.log)"
+done
+gpg --batch --export "systest@kindler.invalid" >"$stage/apt/kindler-test.gpg"
+gpg --batch --export "other@kindler.invalid" >"$stage/apt/other-key.gpg"
+cat >"$stage/apt/kindler-test.sources" <<EOF
+# kindler system test: the local repository, signed with the test's throwaway key.
+Types: deb
+URIs: file:$cmount/repo/
+Suites: ./
+Signed-By: /etc/apt/keyrings/kindler-test.gpg
+EOF
+# publish DEB...: the repository holds exactly these packages, with a new signed index.
+publish() {
+    rm -f "$stage/repo/"*
+    cp "$@" "$stage/repo/"
+    (
+        cd "$stage/repo" &&
+        apt-ftparchive packages . >Packages &&
+        gzip -9nk Packages &&
+        apt-ftparchive -o APT::FTPArchive::Release::Origin=kindler-systest \
+            -o APT::FTPArchive::Release::Label=kindler-systest \
+            -o APT::FTPArchive::Release::Suite=kindler-systest release . >Release.new &&
+        mv Release.new Release &&
+        gpg --batch --yes --local-user "systest@kindler.invalid" --clearsign -o InRelease Release
+    ) >>"$work/publish.log" 2>&1 || return 1
+    chmod 0644 "$stage/repo/"*
+}
+publish "$deb" || die "publishing $deb in the local repository failed (log: $work/publish.log)"
+log "repository:      $stage/repo, signed by $(gpg --batch --with-colons --list-keys systest@kindler.invalid | awk -F: '$1 == "fpr" { print $10; exit }')"
 
 install -m 0755 "$here/standin/create-cluster" "$here/standin/probe-cluster" \
     "$here/standin/noop-cluster" "$stage/standin/"
@@ -171,6 +221,7 @@ cpid=""
 loop_pid=""
 cleanup() {
     local rc=$?
+    gpg_cleanup
     [ -n "$loop_pid" ] && kill "$loop_pid" 2>/dev/null && wait "$loop_pid" 2>/dev/null
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
         if [ "${KINDLER_SYSTEST_KEEP:-0}" = 1 ]; then
@@ -341,15 +392,38 @@ if [ "$port" != 8765 ]; then
 fi
 # A docker group, as docker.io would create it: the postinst adds kindler to it.
 C groupadd --system docker
+# apt resolves from the local repository and what is installed, nothing else: the Debian
+# mirror debootstrap wrote into sources.list goes (the overlay keeps the cache clean).
+C rm -f /etc/apt/sources.list
+C install -d -m 0755 /etc/apt/keyrings
+C install -m 0644 "$cmount/apt/kindler-test.sources" /etc/apt/sources.list.d/kindler-test.sources
+# First with another key at the path signed-by names: apt must refuse the repository.
+C install -m 0644 "$cmount/apt/other-key.gpg" /etc/apt/keyrings/kindler-test.gpg
+C apt-get update >"$work/apt-update-wrong-key.log" 2>&1
+rc=$?
+refused_unsigned() { [ "$rc" != 0 ] && grep -Eq 'NO_PUBKEY|is not signed' "$work/apt-update-wrong-key.log"; }
+check "apt-get update refuses the repository while signed-by names another key (exit $rc: $(grep -m1 -Eo 'NO_PUBKEY [0-9A-F]+|is not signed' "$work/apt-update-wrong-key.log"))" \
+    refused_unsigned
+no_candidate() { [[ $(C apt-cache policy kindler 2>/dev/null) != *Candidate:\ [0-9]* ]]; }
+check "apt knows no kindler to install from the refused repository" no_candidate
+C install -m 0644 "$cmount/apt/kindler-test.gpg" /etc/apt/keyrings/kindler-test.gpg
+C apt-get update >"$work/apt-update.log" 2>&1
+rc=$?
+update_clean() { [ "$rc" = 0 ] && ! grep -Eq '^(W|E):' "$work/apt-update.log"; }
+check "apt-get update reads the local repository signed with the test's key (signed-by=/etc/apt/keyrings/kindler-test.gpg), no warning" \
+    update_clean
+[ "$rc" = 0 ] || tail -n 10 "$work/apt-update.log"
+candidate() { C apt-cache policy kindler 2>/dev/null | sed -n 's/^ *Candidate: //p'; }
+check "apt-cache policy kindler: candidate $(candidate), from $cmount/repo" test "$(candidate)" = "$version"
 t0=$(date +%s.%N)
-C apt-get install -y "$cmount/debs/$deb_name" >"$work/install.log" 2>&1
+C apt install -y kindler >"$work/install.log" 2>&1
 rc=$?
 t1=$(date +%s.%N)
 metric[install_seconds]=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
 if [ $rc = 0 ]; then
-    pass "apt-get install ./$deb_name succeeded (${metric[install_seconds]} s)"
+    pass "apt install kindler succeeded (${metric[install_seconds]} s)"
 else
-    fail "apt-get install ./$deb_name failed (exit $rc); log: $work/install.log"
+    fail "apt install kindler failed (exit $rc); log: $work/install.log"
     tail -n 30 "$work/install.log"
     die "cannot go on without the package installed"
 fi
@@ -365,10 +439,22 @@ check "system user kindler exists with home /var/lib/kindler" \
     test "$(C getent passwd kindler | cut -d: -f6)" = /var/lib/kindler
 in_docker_group() { [[ " $(C id -nG kindler) " == *" docker "* ]]; }
 check "the postinst added kindler to the existing group docker ($(C id -nG kindler))" in_docker_group
+# The user exists only once the postinst's debhelper part ran, which also started the
+# daemon: the postinst restarts it to take the group (supplementary groups are fixed at exec).
+docker_gid=$(C getent group docker | cut -d: -f3)
+daemon_groups() { C sed -n 's/^Groups:[[:space:]]*//p' "/proc/$(main_pid)/status"; }
+daemon_in_docker() { [[ " $(daemon_groups) " == *" $docker_gid "* ]]; }
+check "the running daemon has the group docker (gid $docker_gid; its groups: $(daemon_groups))" daemon_in_docker
 check "/var/lib/kindler is kindler:kindler 750" \
     test "$(C stat -c '%U:%G %a' /var/lib/kindler)" = "kindler:kindler 750"
 conffile_listed() { C dpkg-query -W -f '${Conffiles}\n' kindler | grep -q '^ */etc/kindler/kindler.toml '; }
 check "/etc/kindler/kindler.toml is a conffile" conffile_listed
+check "/usr/share/doc/kindler/README.md (the units' Documentation=) is there, uncompressed" \
+    C test -f /usr/share/doc/kindler/README.md
+# The catalog is installed under /usr/lib/systemd/catalog, where systemd's dpkg trigger runs
+# journalctl --update-catalog; the package itself no longer does.
+catalog_known() { C journalctl --list-catalog 5c56fab6401c4283810770711566ceaa 2>/dev/null | grep -q kindler; }
+check "journalctl knows kindler's message catalog (systemd's trigger updated it)" catalog_known
 # --man=no: the container has no manual pages for Documentation=man:systemd.service(5).
 # It exits 0 on warnings (unknown directives, bad values): nothing may be printed either.
 verify_clean() {
@@ -419,7 +505,7 @@ stranger=$(unix_get_as kindler-stranger)
 check "a user outside group kindler is refused (${stranger%%$'\n'*})" \
     test "$stranger" = "connect: Permission denied"
 
-# 8 (while installed and untouched by drop-ins). ------------------------------------------------
+# 10 (while installed and untouched by drop-ins). ------------------------------------------------
 C systemd-analyze security --no-pager kindler.service >"$work/security.txt" 2>&1
 rc=$?
 metric[exposure]=$(grep -a 'Overall exposure level' "$work/security.txt" | sed 's/.*: //')
@@ -597,6 +683,17 @@ all_running() {
 }
 check "7 clusters declared and running before the upgrade" wait_for 30 all_running
 names_before=$(printf '%s' "$BODY" | jget 'sorted(c["name"] for c in d)')
+# The higher version goes into the repository (beside the installed one, as in an archive).
+if publish "$deb" "$new_deb"; then
+    pass "$new_version published in the local repository, its index signed again"
+else
+    fail "publishing $new_version in the local repository failed (log: $work/publish.log)"
+fi
+C apt-get update >"$work/apt-update-new.log" 2>&1
+rc=$?
+update_clean() { [ "$rc" = 0 ] && ! grep -Eq '^(W|E):' "$work/apt-update-new.log"; }
+check "apt-get update reads the new index without a warning" update_clean
+check "apt-cache policy kindler: installed $version, candidate $(candidate)" test "$(candidate)" = "$new_version"
 pid_before=$(main_pid)
 sock_since=$(unit_prop kindler.socket ActiveEnterTimestampMonotonic)
 api_sock_since=$(unit_prop kindler-api.socket ActiveEnterTimestampMonotonic)
@@ -625,7 +722,7 @@ load_count() { wc -l <"$work/load.done"; }
 load_reaches() { [ "$(load_count)" -ge "$1" ]; }
 wait_for 20 load_reaches 20 || fail "the client loop did not get going"
 t0=$(date +%s.%N)
-C apt-get install -y "$cmount/debs/$new_deb_name" >"$work/upgrade.log" 2>&1
+C apt upgrade -y >"$work/upgrade.log" 2>&1
 rc=$?
 t1=$(date +%s.%N)
 wait_for 20 load_reaches $(($(load_count) + 20)) || fail "the client loop stalled after the upgrade"
@@ -635,7 +732,7 @@ loop_pid=""
 read -r total failed refused <"$work/load.result"
 metric[upgrade_seconds]=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
 metric[upgrade_requests]=$total
-check "apt-get install ./$new_deb_name (upgrade $version -> $new_version) succeeded in ${metric[upgrade_seconds]} s" test "$rc" = 0
+check "apt upgrade (kindler $version -> $new_version) succeeded in ${metric[upgrade_seconds]} s" test "$rc" = 0
 check "dpkg lists kindler $new_version" \
     test "$(C dpkg-query -W -f '${Version}' kindler)" = "$new_version"
 check "kindler.service was restarted by the upgrade (MainPID $pid_before -> $(main_pid))" \
@@ -662,10 +759,234 @@ api GET /api/clusters
 check "after it, kindler runs (MainPID $pid_before -> $(main_pid)) and lists the same clusters" \
     test "$CODE $(printf '%s' "$BODY" | jget 'sorted(c["name"] for c in d)')" = "200 $names_before"
 
+# =================================================================================================
+step "7. processes that escape kindler's tag"
+# A create whose stand-in starts two grandchildren without KINDLER_PROCESS_TAG: kindler cannot
+# find them by tag, and the setsid one is not in the script's process group either. systemd
+# still has them all in kindler.service's cgroup.
+# cproc PID: "state pgid sid" of a process of the container (container pids), empty if none.
+cproc() { C cat "/proc/$1/stat" 2>/dev/null | awk '{ sub(/.*\) /, ""); print $1, $3, $4 }'; }
+has_tag() { C cat "/proc/$1/environ" 2>/dev/null | tr '\0' '\n' | grep -q '^KINDLER_PROCESS_TAG='; }
+in_unit_cgroup() { C grep -q 'kindler.service' "/proc/$1/cgroup" 2>/dev/null; }
+escaped() { C cat "/var/lib/kindler/standin-$1.escaped" 2>/dev/null | awk -v k="$2" '$1 == k { print $2 }'; }
+escape_ready() { [ -n "$(escaped "$1" in-group)" ] && [ -n "$(escaped "$1" setsid)" ]; }
+# create_procs NAME: container pid and start time of every live process of NAME's current
+# create: the stand-in script, all that carry its tag, and the two untagged grandchildren.
+create_procs() {
+    local extra=()
+    read -r -a extra <<<"$(escaped "$1" in-group) $(escaped "$1" setsid)"
+    python3 - "$cpid" "$1" "${extra[@]}" <<'PY'
+import os, sys
+cpid, name, extra = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+ns = os.readlink(f"/proc/{cpid}/ns/pid")
+procs = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if os.readlink(f"/proc/{pid}/ns/pid") != ns:
+            continue
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        nspid = [l.split()[-1] for l in open(f"/proc/{pid}/status") if l.startswith("NSpid:")][0]
+    except (OSError, IndexError):
+        continue
+    if stat[0] != "Z":
+        tag = next((e for e in env if e.startswith(b"KINDLER_PROCESS_TAG=")), None)
+        procs[nspid] = (stat[19], cmd, tag)
+tags = {t for (_, cmd, t) in procs.values() if t and f"create-cluster -n {name} " in cmd + " "}
+for nspid, (start, cmd, tag) in sorted(procs.items(), key=lambda p: int(p[0])):
+    if nspid in extra or (tag and tag in tags):
+        print(f"{nspid} {start} {cmd}")
+PY
+}
+# alive_of SNAPSHOT: the processes of a create_procs snapshot that still live (same pid and
+# start time, not a zombie).
+alive_of() {
+    local pid start cmd now
+    while read -r pid start cmd; do
+        [ -n "$pid" ] || continue
+        now=$(C cat "/proc/$pid/stat" 2>/dev/null | awk '{ sub(/.*\) /, ""); if ($1 != "Z") print $20 }')
+        [ "$now" = "$start" ] && printf '%s (%s); ' "$pid" "$cmd"
+    done <<<"$1"
+}
+sleeps_600() { C pgrep -a -x -f 'sleep 600' | tr '\n' ';'; }
+new_daemon() { unit_active kindler.service && [ "$(main_pid)" != 0 ] && [ "$(main_pid)" != "$1" ]; }
+journal_cursor() { C journalctl -q -n 0 --show-cursor | sed -n 's/^-- cursor: //p'; }
+# created_by NAME PID: the newest create of NAME succeeded, logged by the daemon PID, after
+# a create that was recorded as interrupted (by the daemon that found it unfinished).
+created_by() {
+    api GET "/api/clusters/$1/history" && [ "$CODE" = 200 ] || return 1
+    printf '%s' "$BODY" | python3 -c '
+import json, sys
+runs = [r for r in json.load(sys.stdin) if r["action"] == "create"]
+ok = runs and runs[0]["outcome"] == "succeeded" and any(
+    r["outcome"] == "interrupted" and "killed or crashed" in (r["error"] or "") for r in runs[1:])
+sys.exit(0 if ok else 1)' || return 1
+    C journalctl -u kindler.service -o json --no-pager KINDLER_CLUSTER="$1" \
+        MESSAGE_ID=3f2b684baf7645c7ae2f851840eb3cc7 | python3 -c '
+import json, sys
+pids = [json.loads(l).get("_PID") for l in sys.stdin if l.strip()]
+sys.exit(0 if pids and pids[-1] == sys.argv[1] else 1)' "$2"
+}
+
+# escape_create NAME: declares NAME and checks the set-up: the create runs with its two
+# untagged grandchildren, one in the script's process group, one in its own session, all in
+# kindler.service's cgroup. Sets ESCAPED (the create's processes) and IG, SS (the two pids).
+escape_create() {
+    local name=$1 script pg lines
+    api POST /api/clusters "{\"name\":\"$name\",\"provider\":\"k3d\"}"
+    check "POST /api/clusters {$name} answers 202" test "$CODE" = 202
+    if ! wait_for 30 escape_ready "$name"; then
+        fail "the create of $name did not start its untagged grandchildren"
+        return 1
+    fi
+    IG=$(escaped "$name" in-group) SS=$(escaped "$name" setsid)
+    ESCAPED=$(create_procs "$name")
+    script=$(awk '/create-cluster -n /{ print $1; exit }' <<<"$ESCAPED")
+    pg=$(cproc "$script" | awk '{ print $2 }')
+    log "  the create's processes (container pids):"
+    mapfile -t lines <<<"$ESCAPED"
+    printf '    %s\n' "${lines[@]}"
+    check "the stand-in script $script carries the tag and leads its process group $pg" \
+        eval 'has_tag "$script" && [ "$pg" = "$script" ]'
+    check "grandchild $IG (env -u KINDLER_PROCESS_TAG sleep 600 &): no tag, in the script's process group $pg" \
+        eval '! has_tag "$IG" && [ "$(cproc "$IG" | awk "{ print \$2 }")" = "$pg" ]'
+    check "grandchild $SS (setsid env -u KINDLER_PROCESS_TAG sleep 600 &): no tag, its own session and group" \
+        eval '! has_tag "$SS" && [ "$(cproc "$SS" | awk "{ print \$2, \$3 }")" = "$SS $SS" ]'
+    check "both are in kindler.service's cgroup" eval 'in_unit_cgroup "$IG" && in_unit_cgroup "$SS"'
+}
+
+# 7a. systemctl kill -s KILL: every process of the unit's cgroup at once.
+if escape_create escape1; then
+    pid_before=$(main_pid)
+    restarts_before=$(unit_prop kindler.service NRestarts)
+    cursor=$(journal_cursor)
+    C systemctl kill -s KILL kindler
+    check "after systemctl kill -s KILL kindler, systemd restarts it (Restart=on-failure)" \
+        wait_for 30 new_daemon "$pid_before"
+    C journalctl -u kindler.service --no-pager -o cat --after-cursor="$cursor" >"$work/escape1-systemd.txt" 2>&1
+    log "  what systemd did (journal of kindler.service, systemd's lines):"
+    grep -E 'Main process exited|Killing process|Failed with result|Scheduled restart' "$work/escape1-systemd.txt" | sed 's/^/    /'
+    left=$(alive_of "$ESCAPED")
+    check "once kindler is active again (MainPID $pid_before -> $(main_pid), NRestarts $restarts_before -> $(unit_prop kindler.service NRestarts)), nothing of escape1's create is left${left:+: $left}" \
+        test -z "$left"
+    left=$(sleeps_600)
+    check "no 'sleep 600' is left in the container${left:+: $left}" test -z "$left"
+    check "escape1 reaches running" wait_for 30 state_is escape1 running
+    check "the restarted daemon (MainPID $(main_pid)) recorded the create as interrupted and created escape1" \
+        created_by escape1 "$(main_pid)"
+fi
+
+# 7b. SIGKILL to the main process only: with KillMode=mixed, systemd kills what is left of
+# the cgroup (SIGKILL) before it restarts the service.
+if escape_create escape2; then
+    pid_before=$(main_pid)
+    cursor=$(journal_cursor)
+    C kill -KILL "$pid_before"
+    check "after kill -KILL $pid_before (the main process only), systemd restarts kindler" \
+        wait_for 30 new_daemon "$pid_before"
+    left=$(alive_of "$ESCAPED")
+    check "once kindler is active again (MainPID $pid_before -> $(main_pid)), nothing of escape2's create is left${left:+: $left}" \
+        test -z "$left"
+    left=$(sleeps_600)
+    check "no 'sleep 600' is left in the container${left:+: $left}" test -z "$left"
+    C journalctl -u kindler.service --no-pager -o cat --after-cursor="$cursor" >"$work/escape2-systemd.txt" 2>&1
+    log "  what systemd did (journal of kindler.service, systemd's lines):"
+    grep -E 'Main process exited|Killing process|Failed with result|Scheduled restart' "$work/escape2-systemd.txt" | sed 's/^/    /'
+    check "systemd saw the main process die of SIGKILL" \
+        grep -q 'Main process exited, code=killed, status=9/KILL' "$work/escape2-systemd.txt"
+    killed_by_systemd() { grep -q "Killing process $1 (sleep) with signal SIGKILL" "$work/escape2-systemd.txt"; }
+    check "systemd itself SIGKILLed the untagged grandchildren $IG and $SS (KillMode=mixed)" \
+        eval 'killed_by_systemd "$IG" && killed_by_systemd "$SS"'
+    check "escape2 reaches running" wait_for 30 state_is escape2 running
+    check "the restarted daemon (MainPID $(main_pid)) recorded the create as interrupted and created escape2" \
+        created_by escape2 "$(main_pid)"
+fi
+
+# =================================================================================================
+step "8. restarts under load"
+sock_since=$(unit_prop kindler.socket ActiveEnterTimestampMonotonic)
+api_sock_since=$(unit_prop kindler-api.socket ActiveEnterTimestampMonotonic)
+rdir="$work/restarts"
+rm -rf "$rdir"
+mkdir -p "$rdir"
+# The client: 4 threads, a new connection per request: GET /api/clusters, /api/clusters/dev,
+# /api/health, POST /api/clusters/dev/start, and 10 declarations of new clusters.
+python3 "$here/load-client.py" "$base" "$rdir" --threads 4 --min-requests 1000 --declare 10 \
+    >"$rdir/client.log" 2>&1 &
+loop_pid=$!
+r_count() { cat "$rdir/count" 2>/dev/null || echo 0; }
+r_reaches() { [ "$(r_count)" -ge "$1" ]; }
+# Five starts in a row are the whole of systemd's default start limit (StartLimitBurst=5 in
+# StartLimitIntervalSec=10s), which counts the starts of the steps before too: clear it.
+C systemctl reset-failed kindler.service
+restart_pids=("$(main_pid)")
+restart_rcs=()
+: >"$rdir/windows"
+for i in 1 2 3 4 5; do
+    # Spread the restarts over the load: the next one after 150 more requests.
+    wait_for 60 r_reaches $((i * 150)) || { fail "the client did not reach $((i * 150)) requests"; break; }
+    t0=$(date +%s.%N)
+    C systemctl restart kindler
+    rc=$?
+    t1=$(date +%s.%N)
+    echo "$t0 $t1" >>"$rdir/windows"
+    restart_rcs+=("$rc")
+    restart_pids+=("$(main_pid)")
+done
+touch "$rdir/stop"
+client_done() { [ -f "$rdir/result" ] || ! kill -0 "$loop_pid" 2>/dev/null; }
+wait_for 120 client_done || fail "the client did not finish"
+wait "$loop_pid"
+loop_pid=""
+check "5 x systemctl restart kindler, each succeeded (exit statuses ${restart_rcs[*]})" \
+    test "${restart_rcs[*]}" = "0 0 0 0 0"
+distinct_pids() {
+    [ "$(printf '%s\n' "${restart_pids[@]}" | grep -vx 0 | sort -u | wc -l)" = 6 ]
+}
+check "each restart started a new daemon (MainPIDs ${restart_pids[*]})" distinct_pids
+if [ -f "$rdir/result" ]; then
+    read -r total gets posts failed refused errors declared < <(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(r["total"], r["gets"], r["posts"], r["failed"], r["refused"],
+      ",".join(f"{k}:{v}" for k, v in r["errors"].items()) or "-", ",".join(r["declared"]) or "-")' "$rdir/result")
+else
+    total=0 gets=0 posts=0 failed="?" refused="?" errors="no result (client log: $rdir/client.log)" declared=-
+fi
+# How many requests were under way during each restart (sent before it ended, answered
+# after it began): the load really spans every restart.
+overlaps=$(python3 - "$rdir/requests" "$rdir/windows" <<'PY'
+import sys
+reqs = [tuple(map(float, l.split()[:2])) for l in open(sys.argv[1]) if l.strip()]
+for w in open(sys.argv[2]):
+    w0, w1 = map(float, w.split())
+    print(sum(1 for t0, t1 in reqs if t0 < w1 and t1 > w0), end=" ")
+PY
+)
+metric[restart_requests]=$total
+metric[restart_overlaps]=$overlaps
+spans_all() { [ "$(wc -w <<<"$overlaps")" = 5 ] && ! grep -qw 0 <<<"$overlaps"; }
+check "requests were under way during each of the 5 restarts ($overlaps)" spans_all
+check "restarts under load: $total requests ($gets GETs, $posts POSTs), $failed failed, $refused refused (errors: $errors)" \
+    test "$total" -ge 1000 -a "$failed" = 0 -a "$refused" = 0
+[ "$failed" = 0 ] || awk '$6 != "-" || ($3 == "GET" && $5 != 200) || ($3 == "POST" && $5 != 202)' "$rdir/requests" | head -n 5
+check "kindler.socket and kindler-api.socket were not restarted" \
+    test "$(unit_prop kindler.socket ActiveEnterTimestampMonotonic) $(unit_prop kindler-api.socket ActiveEnterTimestampMonotonic)" = "$sock_since $api_sock_since"
+declared_running() {
+    api GET /api/clusters && [ "$CODE" = 200 ] && printf '%s' "$BODY" | python3 -c '
+import json, sys
+want = set(sys.argv[1].split(","))
+running = {c["name"] for c in json.load(sys.stdin) if c["actual_state"] == "running"}
+sys.exit(0 if len(want) == 10 and want <= running else 1)' "$declared"
+}
+check "the 10 clusters declared during the restarts ($declared) are kept and reach running" \
+    wait_for 60 declared_running
+
 C journalctl -o short-iso --no-pager >"$work/journal.txt" 2>&1
 
 # =================================================================================================
-step "7. remove, then purge"
+step "9. remove, then purge"
 C apt-get remove -y kindler >"$work/remove.log" 2>&1
 check "apt-get remove kindler succeeded" test $? = 0
 for u in kindler.service kindler.socket kindler-api.socket; do
@@ -696,17 +1017,18 @@ check "no kindler unit links are left in /etc/systemd/system${leftover_links:+: 
 check "dpkg no longer knows kindler" absent dpkg-query -W kindler
 
 # =================================================================================================
-step "8. numbers"
+step "10. numbers"
 human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
 metric[package_size_human]=$(human "${metric[package_size]}")
 {
     echo "kindler system test, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "package:                $deb_name"
+    echo "package:                $(basename "$deb")"
     echo "package size:           ${metric[package_size]} bytes (${metric[package_size_human]})"
-    echo "install time:           ${metric[install_seconds]} s (apt-get install in the container)"
+    echo "install time:           ${metric[install_seconds]} s (apt install kindler in the container)"
     echo "stop time (slow create): ${metric[stop_seconds]} s (kill_grace 3 s, TimeoutStopSec 30 s)"
     echo "watchdog: a request sent to a frozen daemon was answered after ${metric[watchdog_answer_seconds]:-?} s"
     echo "upgrade:                ${metric[upgrade_seconds]:-?} s, ${metric[upgrade_requests]:-?} client requests meanwhile"
+    echo "5 restarts under load:  ${metric[restart_requests]:-?} requests; under way during each restart: ${metric[restart_overlaps]:-?}"
     echo "exposure (systemd-analyze security kindler.service): ${metric[exposure]:-?}"
     echo "checks:                 $passes passed, $failures failed"
     echo "duration:               $((SECONDS - t_start)) s"
