@@ -286,9 +286,15 @@ fn post_run(
         Some((&script, &[prefix.as_str(), "1024"])),
     )?;
     if w.non2xx > 0 {
+        // The daemon logs why it refuses writes (health events), and the store says how
+        // many declarations it took: enough to tell a refusal from a benchmark error.
         return Err(format!(
-            "POST benchmark with {conns} connections: {} answers were not 2xx (port space used up?)",
-            w.non2xx
+            "POST benchmark with {conns} connections: {} answers were not 2xx, at {:.0} req/s \
+             ({} clusters stored); the daemon's log ends with:\n{}",
+            w.non2xx,
+            w.rps,
+            count(&db, "1").unwrap_or(-1),
+            d.log_tail()
         ));
     }
     let declared = count(&db, "1")?;
