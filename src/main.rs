@@ -1,24 +1,11 @@
-//! kindler: declare local Kubernetes clusters (k3d or kind) over HTTP; a reconciler in the
-//! same daemon makes them exist, by running the host's scripts.
-
-mod api;
-mod app;
-mod config;
-mod daemon;
-mod health;
-mod log;
-mod model;
-mod output;
-mod procs;
-mod reconciler;
-mod runner;
-mod store;
-mod systemd;
+//! The `kindler` command: its subcommands and their exit statuses. Everything else is in
+//! the library (src/lib.rs).
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use config::{Loader, SettingArgs};
-use daemon::Fatal;
+use kindler::config::{self, Loader, SettingArgs};
+use kindler::daemon::{self, Fatal};
+use kindler::{log, systemd};
 
 /// Exit status for a configuration that cannot be used (sysexits' EX_CONFIG); the unit
 /// file does not restart on it.

@@ -1,0 +1,24 @@
+//! kindler: declare local Kubernetes clusters (k3d or kind) over HTTP; a reconciler in the
+//! same daemon makes them exist, by running the host's scripts.
+//!
+//! The modules, from the top down (no module imports one above it):
+//! - [`daemon`]: `kindler serve` and `reconcile --once`: wiring, signals, reload, watchdog;
+//! - [`api`] (HTTP and WebSocket) and [`reconciler`] (the loop, the state machine, actions);
+//! - [`runner`] and [`procs`]: one command in its process group; finding its processes;
+//! - [`store`]: SQLite, migrations, the group-committing writer;
+//! - [`model`]: names, states, actions; [`config`]: settings; [`health`], [`log`],
+//!   [`systemd`], [`output`], [`app`]: what the parts share.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod daemon;
+pub mod health;
+pub mod log;
+pub mod model;
+pub mod output;
+pub mod procs;
+pub mod reconciler;
+pub mod runner;
+pub mod store;
+pub mod systemd;
