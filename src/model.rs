@@ -198,6 +198,18 @@ impl AddOnStatus {
 }
 
 impl ActualState {
+    /// Every state, in the order a summary lists them: settled and busy ones first.
+    pub const ALL: [ActualState; 8] = [
+        ActualState::Running,
+        ActualState::Creating,
+        ActualState::Starting,
+        ActualState::Stopping,
+        ActualState::Deleting,
+        ActualState::Failed,
+        ActualState::Stopped,
+        ActualState::Unknown,
+    ];
+
     /// Parses a stored value; anything another tool wrote that we do not know is `unknown`.
     pub fn from_stored(s: Option<&str>) -> Self {
         s.and_then(|s| s.parse().ok())

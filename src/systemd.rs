@@ -195,20 +195,11 @@ pub fn status_line(summary: &Summary, now: SystemTime) -> String {
     if total == 0 {
         return "no clusters declared".into();
     }
-    let order = [
-        "running", "creating", "starting", "stopping", "deleting", "failed", "stopped", "unknown",
-    ];
-    let mut parts: Vec<String> = Vec::new();
-    for state in order {
-        if let Some((_, n)) = summary.by_state.iter().find(|(s, _)| s == state) {
-            parts.push(format!("{n} {state}"));
-        }
-    }
-    for (state, n) in &summary.by_state {
-        if !order.contains(&state.as_str()) {
-            parts.push(format!("{n} {state}"));
-        }
-    }
+    let parts: Vec<String> = summary
+        .by_state
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect();
     let noun = if total == 1 { "cluster" } else { "clusters" };
     let mut line = format!("{total} {noun}: {}", parts.join(", "));
     if let Some((name, at)) = &summary.next_retry {
@@ -226,15 +217,16 @@ pub fn status_line(summary: &Summary, now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ActualState;
 
     #[test]
     fn status_line_reads_well() {
         let now = SystemTime::now();
         let summary = Summary {
             by_state: vec![
-                ("failed".into(), 1),
-                ("running".into(), 2),
-                ("creating".into(), 1),
+                (ActualState::Running, 2),
+                (ActualState::Creating, 1),
+                (ActualState::Failed, 1),
             ],
             next_retry: Some(("dev".into(), time::text(now + Duration::from_secs(42)))),
         };

@@ -504,9 +504,14 @@ pub fn activity(app: &AppRef, facts: &tasks::Facts) -> tasks::Activity {
     let problems = app.health.problems();
     // Its own statement: the lock is released before live_lines takes it again.
     let running = app.live.lock().unwrap().len();
+    let settings = app.settings();
     tasks::Activity {
         running,
-        capacity: app.settings().max_concurrent_actions,
+        capacity: settings.max_concurrent_actions,
+        policy: crate::reconciler::machine::Policy {
+            resync: settings.resync_interval,
+            honour_timers: true,
+        },
         degraded: (!problems.is_empty()).then(|| {
             let reasons: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
             reasons.join("; ")

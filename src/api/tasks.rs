@@ -20,7 +20,8 @@
 use rusqlite::Connection;
 
 use super::views::TaskStatus;
-use crate::model::{Action, ActualState, ClusterName, DesiredState, RunOutcome};
+use crate::model::{Action, ClusterName, DesiredState, RunOutcome};
+use crate::reconciler::machine::{self, Decision};
 use crate::store::clusters::{self, ClusterRecord};
 use crate::store::runs::{self, RunRecord};
 use crate::store::{time, StoreResult};
@@ -64,12 +65,7 @@ impl TaskKind {
 
     /// The cluster is where the task wanted it.
     fn reached(self, row: &ClusterRecord) -> bool {
-        row.desired == self.goal()
-            && match self {
-                TaskKind::Create | TaskKind::Start => row.actual == ActualState::Running,
-                TaskKind::Stop => row.actual == ActualState::Stopped,
-                TaskKind::Delete => false,
-            }
+        row.desired == self.goal() && machine::settled(row.desired, row.actual)
     }
 }
 
@@ -183,7 +179,7 @@ pub fn facts(conn: &Connection, task_id: &str) -> StoreResult<Option<Facts>> {
 }
 
 /// What the reconciler is doing now, beyond what the store says.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Activity {
     /// Actions running now, and how many may run at once.
     pub running: usize,
@@ -192,6 +188,23 @@ pub struct Activity {
     pub degraded: Option<String>,
     /// Output so far of the run in progress (see [`Facts::running_run`]).
     pub live_lines: Option<Vec<String>>,
+    /// The reconciler's timers, to tell what it runs next.
+    pub policy: machine::Policy,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            running: 0,
+            capacity: 0,
+            degraded: None,
+            live_lines: None,
+            policy: machine::Policy {
+                resync: std::time::Duration::from_secs(300),
+                honour_timers: true,
+            },
+        }
+    }
 }
 
 /// The task's status. Pure: every case is covered by the unit tests below.
@@ -310,9 +323,14 @@ fn in_progress(task: &mut TaskStatus, f: &Facts, row: &ClusterRecord, now: &Acti
     }
 }
 
-/// Why nothing runs yet for a declaration in force.
+/// Why nothing runs yet for a declaration in force; what runs next is what the state machine
+/// decides (a start of a cluster whose create failed waits for a create).
 fn waiting(f: &Facts, row: &ClusterRecord, now: &Activity) -> String {
-    let (verb, _, _) = verbs(f.kind.action());
+    let next = match machine::look(row, std::time::SystemTime::now(), now.policy) {
+        Decision::Act(action) => action,
+        _ => f.kind.action(),
+    };
+    let (verb, _, _) = verbs(next);
     let base = format!("Waiting to {verb} cluster {}", f.name);
     if let Some(why) = &now.degraded {
         return format!("{base}: kindler cannot act now ({why})");
@@ -339,7 +357,7 @@ fn waiting(f: &Facts, row: &ClusterRecord, now: &Activity) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AddOnStatus, ClusterSpec, Provider};
+    use crate::model::{ActualState, AddOnStatus, ClusterSpec, Provider};
 
     fn name(n: &str) -> ClusterName {
         ClusterName::parse(n).unwrap()

@@ -38,6 +38,7 @@ pub struct Finished {
     /// The command that ended it: a create ends with its probe when the probe fails.
     pub step: Action,
     pub duration: Duration,
+    pub ended_at: std::time::SystemTime,
     pub tail: Vec<String>,
     /// What the probe reported, when the action ran one.
     pub probe: Option<ProbeReport>,
@@ -123,6 +124,7 @@ pub async fn execute(
         ending,
         step,
         duration: started.elapsed(),
+        ended_at: std::time::SystemTime::now(),
         tail,
         probe,
         leftovers,

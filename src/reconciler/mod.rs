@@ -8,7 +8,7 @@
 
 pub mod action;
 pub mod backoff;
-pub mod decide;
+pub mod machine;
 mod outcome;
 pub mod probe;
 mod schedule;
@@ -32,8 +32,8 @@ use crate::store::{runs, time, StoreResult};
 use crate::systemd;
 
 use action::{Finished, Plan};
-use decide::{decide, Decision, Policy};
-use outcome::{cluster_event, log_end, record_end, EndRecord, Verdict};
+use machine::{look, CancelReason, Decision, Policy, Verdict};
+use outcome::{cluster_event, log_end, record_end, EndRecord};
 use schedule::Schedule;
 
 /// How often old history is pruned.
@@ -51,15 +51,6 @@ pub enum Mode {
     Daemon,
     /// `kindler reconcile --once`: every cluster gets at most one action, timers ignored.
     OnePass,
-}
-
-/// Why a running action was cancelled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum CancelReason {
-    /// The declared state moved away from what the action works toward.
-    Redeclared(Option<DesiredState>),
-    /// The daemon is stopping.
-    Shutdown,
 }
 
 struct Running {
@@ -324,7 +315,7 @@ impl Reconciler {
         for row in rows {
             let converged = self.mode == Mode::Daemon
                 && row.actual == ActualState::Running
-                && row.desired.as_deref().unwrap_or("present") == "present";
+                && row.desired == Some(DesiredState::Present);
             let due = match row.last_reconciled_at.as_deref().and_then(time::parse) {
                 Some(last) if converged => instant_at(last + resync),
                 _ => now,
@@ -376,7 +367,7 @@ impl Reconciler {
         let Some(running) = self.running.get(&id) else {
             return;
         };
-        if desired.is_some_and(|d| running.action.serves(d)) {
+        if machine::keeps_running(running.action, desired) {
             return;
         }
         *running.reason.lock().unwrap() = Some(CancelReason::Redeclared(desired));
@@ -532,7 +523,7 @@ impl Reconciler {
                 Ok(Some(Ok(record))) => record,
             };
             self.app.health.unignore_row(id);
-            match decide(&record, SystemTime::now(), policy) {
+            match look(&record, SystemTime::now(), policy) {
                 Decision::Act(action) => self.start(record, action, settings.clone()).await,
                 Decision::At(t) => self.schedule.set(id, instant_at(t)),
                 Decision::Idle => {}
@@ -643,10 +634,11 @@ impl Reconciler {
         self.running.remove(&id);
         self.status_dirty = true;
         let verdict = Verdict::of(
-            &done.plan,
-            &done.finished,
+            done.plan.action,
+            done.finished.step,
+            &done.finished.ending,
             done.reason.as_ref(),
-            &self.app.settings(),
+            self.app.settings().action_timeout,
         );
         self.pending.insert(
             id,

@@ -1,97 +1,30 @@
-//! How a finished run is judged, recorded and reported: the run's outcome and error
-//! text, what it does to the cluster's row (state, backoff, removal), and its journal events.
+//! Recording and reporting how a run ended: its history row, the change the state machine
+//! ([`machine::ended`]) makes to the cluster's row, applied in the same transaction, and
+//! the run's journal events.
 
 use std::time::{Duration, SystemTime};
 
 use super::action::{Finished, Plan};
-use super::{backoff, CancelReason};
-use crate::config::Settings;
+use super::backoff;
+use super::machine::{self, RowChange, Verdict};
 use crate::log::{ids, Event, Priority};
-use crate::model::{Action, ActualState, DesiredState, ProbeReport, RunOutcome};
-use crate::runner::Ending;
+use crate::model::{Action, ActualState, DesiredState, RunOutcome};
+use crate::runner::Exit;
 use crate::store::clusters::{self, ActionResult, ClusterRecord};
 use crate::store::{runs, time, StoreResult};
-
-/// Output lines quoted in a cluster's `reconcile_error`.
-const ERROR_LINES: usize = 10;
-
-/// What an ended run means for the history and for the cluster.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    pub(super) outcome: RunOutcome,
-    /// The one-line reason of a failure, cancellation or interruption.
-    headline: Option<String>,
-}
-
-impl Verdict {
-    pub(super) fn of(
-        plan: &Plan,
-        f: &Finished,
-        reason: Option<&CancelReason>,
-        s: &Settings,
-    ) -> Verdict {
-        let action = plan.action;
-        let (outcome, headline) = match (&f.ending, reason) {
-            // Done is done, even if a stop or a new declaration came just as it ended.
-            (Ending::Exited(e), _) if e.success() => (RunOutcome::Succeeded, None),
-            (_, Some(CancelReason::Shutdown)) => (
-                RunOutcome::Interrupted,
-                Some(format!(
-                    "{action} was interrupted because kindler is stopping; it is redone at the next start"
-                )),
-            ),
-            (Ending::Cancelled(_), Some(CancelReason::Redeclared(to))) => (
-                RunOutcome::Cancelled,
-                Some(match to {
-                    Some(d) => format!("{action} was cancelled: the desired state changed to {d}"),
-                    None => format!("{action} was cancelled: the cluster's row was removed"),
-                }),
-            ),
-            (Ending::Exited(e), _) if f.step != action => (
-                RunOutcome::Failed,
-                Some(format!("{action} finished, but the {} check failed ({e})", f.step)),
-            ),
-            (Ending::Exited(e), _) => (RunOutcome::Failed, Some(format!("{action} failed ({e})"))),
-            (Ending::TimedOut(_), _) => (
-                RunOutcome::TimedOut,
-                Some(format!(
-                    "{action} timed out after {}; its processes were ended",
-                    humantime::format_duration(s.action_timeout)
-                )),
-            ),
-            (Ending::SpawnFailed(msg), _) => (RunOutcome::Failed, Some(format!("{action} failed: {msg}"))),
-            (Ending::Cancelled(_), _) => (RunOutcome::Cancelled, Some(format!("{action} was cancelled"))),
-        };
-        Verdict { outcome, headline }
-    }
-
-    /// The cluster's `reconcile_error`: the headline on the first line, then the last
-    /// output lines (blank ones left out) of a failure.
-    fn error_text(&self, tail: &[String]) -> Option<String> {
-        let headline = self.headline.as_ref()?;
-        let said: Vec<&str> = tail
-            .iter()
-            .map(String::as_str)
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        let lines = &said[said.len().saturating_sub(ERROR_LINES)..];
-        if lines.is_empty() || !matches!(self.outcome, RunOutcome::Failed | RunOutcome::TimedOut) {
-            return Some(headline.clone());
-        }
-        Some(format!("{headline}\nlast output:\n{}", lines.join("\n")))
-    }
-}
 
 /// What `record_end` did to the row, for the log.
 #[derive(Debug, Default)]
 pub struct EndRecord {
     removed: bool,
     attempts: u32,
-    next_attempt_at: Option<String>,
+    next_attempt_at: Option<SystemTime>,
     desired: Option<DesiredState>,
     actual: Option<ActualState>,
 }
 
+/// Writes the run's end into the history and applies what the state machine makes of it to
+/// the cluster's row as it is now (it may have been declared anew meanwhile).
 pub(super) fn record_end(
     tx: &rusqlite::Transaction,
     plan: &Plan,
@@ -108,15 +41,15 @@ pub(super) fn record_end(
         plan.run_id,
         &runs::RunEnd {
             outcome: v.outcome,
-            ended_at: SystemTime::now(),
+            ended_at: f.ended_at,
             duration: f.duration,
             exit_code: exit.and_then(|e| match e {
-                crate::runner::Exit::Code(c) => Some(c),
-                _ => None,
+                Exit::Code(c) => Some(c),
+                Exit::Signal(_) => None,
             }),
             signal: exit.and_then(|e| match e {
-                crate::runner::Exit::Signal(s) => Some(s),
-                _ => None,
+                Exit::Signal(s) => Some(s),
+                Exit::Code(_) => None,
             }),
             error: error.as_deref(),
             output_tail: &f.tail,
@@ -128,98 +61,64 @@ pub(super) fn record_end(
         Some(Ok(c)) => c,
         _ => return Ok(EndRecord::default()),
     };
-    let mut end = EndRecord {
-        desired: Some(current.desired),
-        ..EndRecord::default()
+    let run = machine::RunEnd {
+        action: plan.action,
+        generation: plan.record.generation,
+        attempt: plan.attempt,
+        verdict: v,
+        tail: &f.tail,
+        probe: f.probe,
     };
-    match v.outcome {
-        RunOutcome::Succeeded if plan.action == Action::Delete => {
-            end.removed = clusters::remove_if_absent(tx, id)?;
-            if !end.removed {
-                // Declared again while it was being deleted: it is gone, so create anew.
-                finish(
-                    tx,
-                    id,
-                    ActualState::Unknown,
-                    None,
-                    0,
-                    None,
-                    plan.record.generation,
-                    None,
-                )?;
-                end.actual = Some(ActualState::Unknown);
-            }
-        }
-        RunOutcome::Succeeded => {
-            let state = plan.action.success_state().unwrap_or(ActualState::Running);
-            finish(
-                tx,
-                id,
-                state,
-                None,
-                0,
-                None,
-                plan.record.generation,
-                f.probe,
-            )?;
-            end.actual = Some(state);
-        }
-        RunOutcome::Failed | RunOutcome::TimedOut => {
-            // A failure of an older declaration does not count against the new one.
-            let redeclared = current.generation != plan.record.generation;
-            if !redeclared {
-                end.attempts = plan.attempt;
-                let delay = backoff::delay(plan.attempt, backoff_initial, backoff_max);
-                end.next_attempt_at = Some(time::text(SystemTime::now() + delay));
-            }
-            let next = end.next_attempt_at.clone();
-            finish(
-                tx,
-                id,
-                ActualState::Failed,
-                error,
-                end.attempts,
-                next,
-                plan.record.generation,
-                None,
-            )?;
-            end.actual = Some(ActualState::Failed);
-        }
-        RunOutcome::Cancelled | RunOutcome::Interrupted | RunOutcome::Running => {
-            // The in-progress state stays, so that the next look redoes or reverses it.
-            if let Some(state) = plan.action.in_progress_state() {
-                let note = error.as_deref().unwrap_or("interrupted");
-                clusters::mark_interrupted(tx, id, state, note)?;
-            }
-            end.actual = Some(current.actual);
-        }
-    }
-    Ok(end)
+    let change = machine::ended(&current, &run, SystemTime::now(), |attempt| {
+        backoff::delay(attempt, backoff_initial, backoff_max)
+    });
+    apply(tx, &current, &change)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
+/// Carries a [`RowChange`] out on the cluster's row.
+fn apply(
     tx: &rusqlite::Transaction,
-    id: i64,
-    actual: ActualState,
-    error: Option<String>,
-    attempts: u32,
-    next_attempt_at: Option<String>,
-    generation: i64,
-    probe: Option<ProbeReport>,
-) -> StoreResult<()> {
-    clusters::finish_action(
-        tx,
-        id,
-        &ActionResult {
+    current: &ClusterRecord,
+    change: &RowChange,
+) -> StoreResult<EndRecord> {
+    let id = current.id;
+    let mut end = EndRecord {
+        desired: Some(current.desired),
+        actual: Some(current.actual),
+        ..EndRecord::default()
+    };
+    match change {
+        RowChange::Remove => end.removed = clusters::remove_if_absent(tx, id)?,
+        RowChange::Settle {
             actual,
             error,
             attempts,
             next_attempt_at,
-            observed_generation: generation,
+            observed_generation,
             probe,
-        },
-    )
+        } => {
+            clusters::finish_action(
+                tx,
+                id,
+                &ActionResult {
+                    actual: *actual,
+                    error: error.clone(),
+                    attempts: *attempts,
+                    next_attempt_at: next_attempt_at.map(time::text),
+                    observed_generation: *observed_generation,
+                    probe: *probe,
+                },
+            )?;
+            end.actual = Some(*actual);
+            end.attempts = *attempts;
+            end.next_attempt_at = *next_attempt_at;
+        }
+        RowChange::Interrupted { in_progress, note } => {
+            clusters::mark_interrupted(tx, id, *in_progress, note)?;
+        }
+        RowChange::Keep => {}
+    }
+    Ok(end)
 }
 
 pub(super) fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
@@ -303,24 +202,23 @@ pub(super) fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
         .field("RUN_ID", plan.run_id)
         .emit();
     }
-    if let Some(next) = &end.next_attempt_at {
-        let wait = time::parse(next)
-            .and_then(|t| t.duration_since(SystemTime::now()).ok())
-            .unwrap_or_default();
+    if let Some(next) = end.next_attempt_at {
+        let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+        let next = time::text(next);
         Event::new(
             Priority::Info,
             format!(
                 "cluster {name}: retry {} of {action} in {} (at {})",
                 end.attempts + 1,
                 humantime::format_duration(Duration::from_secs(wait.as_secs())),
-                time::iso(next)
+                time::iso(&next)
             ),
         )
         .id(ids::RETRY_SCHEDULED)
         .field("CLUSTER", name)
         .field("ACTION", action)
         .field("ATTEMPT", end.attempts + 1)
-        .field("NEXT_ATTEMPT_AT", time::iso(next))
+        .field("NEXT_ATTEMPT_AT", time::iso(&next))
         .emit();
     }
 }

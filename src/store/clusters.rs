@@ -481,7 +481,9 @@ pub fn mark_interrupted(
 pub struct ScheduleRow {
     pub id: i64,
     pub actual: ActualState,
-    pub desired: Option<String>,
+    /// `None` when the stored value is not a desired state (the row is looked at, and
+    /// reported, when it is due).
+    pub desired: Option<DesiredState>,
     pub last_reconciled_at: Option<String>,
 }
 
@@ -493,7 +495,11 @@ pub fn schedule_rows(conn: &Connection) -> StoreResult<Vec<ScheduleRow>> {
             Ok(ScheduleRow {
                 id: r.get(0)?,
                 actual: ActualState::from_stored(text_of(r, 1)?.as_deref()),
-                desired: text_of(r, 2)?,
+                // NULL is the column's default, as in a full row.
+                desired: match text_of(r, 2)? {
+                    None => Some(DesiredState::Present),
+                    Some(text) => text.parse().ok(),
+                },
                 last_reconciled_at: timestamp_of(r, 3)?,
             })
         })?
@@ -504,7 +510,9 @@ pub fn schedule_rows(conn: &Connection) -> StoreResult<Vec<ScheduleRow>> {
 /// Counts by actual state and the earliest scheduled retry, for the status line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
-    pub by_state: Vec<(String, i64)>,
+    /// In the order of [`ActualState::ALL`]; a value kindler does not know counts as unknown,
+    /// as the API shows it.
+    pub by_state: Vec<(ActualState, i64)>,
     pub next_retry: Option<(String, String)>,
 }
 
@@ -512,9 +520,17 @@ pub fn summary(conn: &Connection) -> StoreResult<Summary> {
     let mut stmt = conn.prepare_cached(
         "SELECT COALESCE(actual_state, 'unknown'), COUNT(*) FROM clusters GROUP BY 1 ORDER BY 1",
     )?;
-    let by_state = stmt
-        .query_map([], |r| Ok((text_of(r, 0)?.unwrap_or_default(), r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let mut counts = std::collections::HashMap::new();
+    for row in stmt.query_map([], |r| Ok((text_of(r, 0)?, r.get::<_, i64>(1)?)))? {
+        let (state, n) = row?;
+        *counts
+            .entry(ActualState::from_stored(state.as_deref()))
+            .or_insert(0) += n;
+    }
+    let by_state = ActualState::ALL
+        .into_iter()
+        .filter_map(|s| counts.get(&s).map(|n| (s, *n)))
+        .collect();
     let next_retry = conn
         .prepare_cached(
             "SELECT name, next_attempt_at FROM clusters WHERE next_attempt_at IS NOT NULL
