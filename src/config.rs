@@ -324,6 +324,21 @@ impl Loader {
         Loader { args }
     }
 
+    /// Settings from `flags` alone, as `kindler serve FLAGS --config /dev/null` would have
+    /// them (the `KINDLER_*` environment still counts): for tests that run the daemon's
+    /// parts in-process.
+    pub fn from_flags(flags: &[&str]) -> Result<Settings, ConfigError> {
+        use clap::{Args, FromArgMatches};
+        let command = SettingArgs::augment_args(clap::Command::new("kindler"));
+        let argv = ["kindler", "--config", "/dev/null"].iter().chain(flags);
+        let matches = command
+            .try_get_matches_from(argv)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let args =
+            SettingArgs::from_arg_matches(&matches).map_err(|e| ConfigError(e.to_string()))?;
+        Loader::new(args).load()
+    }
+
     fn config_path(&self) -> Option<PathBuf> {
         match &self.args.config {
             Some(path) if path.as_os_str().is_empty() => None,

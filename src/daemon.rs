@@ -222,7 +222,7 @@ async fn handle_signals(
 
 /// A second SIGTERM/SIGINT: kill every action's processes outright and exit.
 fn force_stop(app: &AppRef) -> ! {
-    let targets = app.live_targets();
+    let targets = app.runs.targets();
     for t in &targets {
         t.signal(nix::sys::signal::Signal::SIGKILL);
     }

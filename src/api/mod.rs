@@ -3,12 +3,15 @@
 //! Handlers only read the store or declare desired state and ring the reconciler's bell;
 //! none of them waits for a script.
 
+mod cache;
 mod create;
 mod response;
 mod routes;
 mod tasks;
 mod views;
 mod ws;
+
+use cache::ResponseCache;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,15 +58,20 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
     // Cancelled when the drain time is over: what still runs is dropped.
     let hard_stop = CancellationToken::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let server = Arc::new(Server {
+        app,
+        responses: ResponseCache::default(),
+        connections: connections.clone(),
+        stop: Stop {
+            graceful: shutdown.clone(),
+            hard: hard_stop.clone(),
+        },
+    });
     let mut loops = Vec::new();
     let mut owned_paths = Vec::new();
     for listener in listeners {
-        let (app, shutdown, connections) = (app.clone(), shutdown.clone(), connections.clone());
+        let (server, shutdown) = (server.clone(), shutdown.clone());
         let slots = slots.clone();
-        let stop = Stop {
-            graceful: shutdown.clone(),
-            hard: hard_stop.clone(),
-        };
         match listener {
             Listener::Tcp(std_listener) => match tokio::net::TcpListener::from_std(std_listener) {
                 Ok(l) => loops.push(tokio::spawn(async move {
@@ -76,7 +84,7 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
                             accepted = l.accept() => match accepted {
                                 Ok((stream, _)) => {
                                     let _ = stream.set_nodelay(true);
-                                    connection(&connections, &app, &stop, stream, slot);
+                                    connection(&server, stream, slot);
                                 }
                                 Err(e) => accept_failed(e).await,
                             }
@@ -90,11 +98,13 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
                 match tokio::net::UnixListener::from_std(listener) {
                     Ok(l) => loops.push(tokio::spawn(async move {
                         loop {
-                            let Some(slot) = free_slot(&slots, &shutdown).await else { break };
+                            let Some(slot) = free_slot(&slots, &shutdown).await else {
+                                break;
+                            };
                             tokio::select! {
                                 _ = shutdown.cancelled() => break,
                                 accepted = l.accept() => match accepted {
-                                    Ok((stream, _)) => connection(&connections, &app, &stop, stream, slot),
+                                    Ok((stream, _)) => connection(&server, stream, slot),
                                     Err(e) => accept_failed(e).await,
                                 }
                             }
@@ -120,6 +130,15 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
         hard_stop.cancel();
         connections.wait().await;
     }
+}
+
+/// What every connection shares: the daemon's parts, the answers cache, the tracker its
+/// tasks run in, and the stop.
+pub struct Server {
+    pub app: AppRef,
+    responses: ResponseCache,
+    connections: TaskTracker,
+    stop: Stop,
 }
 
 /// The two ends of a connection's life at a stop.
@@ -148,29 +167,24 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn connection<T>(
-    connections: &TaskTracker,
-    app: &AppRef,
-    stop: &Stop,
-    io: T,
-    slot: OwnedSemaphorePermit,
-) where
+fn connection<T>(server: &Arc<Server>, io: T, slot: OwnedSemaphorePermit)
+where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (app, stop, tracker) = (app.clone(), stop.clone(), connections.clone());
-    connections.spawn(async move {
+    let server = server.clone();
+    server.connections.clone().spawn(async move {
         let _slot = slot; // held until the connection ends
+        let stop = server.stop.clone();
         let requests = Arc::new(AtomicU64::new(0));
         let first_request = Arc::new(Notify::new());
         let service = {
-            let (requests, first_request, stop) =
-                (requests.clone(), first_request.clone(), stop.clone());
+            let (requests, first_request) = (requests.clone(), first_request.clone());
             service_fn(move |req| {
-                let (app, tracker, stop) = (app.clone(), tracker.clone(), stop.clone());
+                let server = server.clone();
                 if requests.fetch_add(1, Ordering::Relaxed) == 0 {
                     first_request.notify_one();
                 }
-                async move { Ok::<_, Infallible>(routes::handle(app, &tracker, &stop, req).await) }
+                async move { Ok::<_, Infallible>(routes::handle(server, req).await) }
             })
         };
         let conn = http1::Builder::new()

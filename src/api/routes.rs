@@ -5,8 +5,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, Request, StatusCode};
-
-use tokio_util::task::TaskTracker;
+use std::sync::Arc;
 
 use super::create;
 use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
@@ -14,7 +13,7 @@ use super::tasks::{self, TaskKind};
 use super::views::{
     ClusterInfo, ClusterStatus, ConfigView, Health, ProblemView, RunView, TaskCreate,
 };
-use super::Stop;
+use super::Server;
 use crate::app::AppRef;
 use crate::log::{ids, Event, Priority};
 use crate::model::{ClusterName, DesiredState};
@@ -30,24 +29,15 @@ const HISTORY_LIMIT: u32 = 50;
 /// A reconciler that has not turned for this long (plus two poll intervals) is stuck.
 const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub async fn handle(
-    app: AppRef,
-    connections: &TaskTracker,
-    stop: &Stop,
-    req: Request<Incoming>,
-) -> Reply {
-    match route(app, connections, stop, req).await {
+pub async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Reply {
+    match route(&server, req).await {
         Ok(reply) => reply,
         Err(e) => e.reply(),
     }
 }
 
-async fn route(
-    app: AppRef,
-    connections: &TaskTracker,
-    stop: &Stop,
-    req: Request<Incoming>,
-) -> Result<Reply, ApiError> {
+async fn route(server: &Server, req: Request<Incoming>) -> Result<Reply, ApiError> {
+    let app = &server.app;
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     // HEAD is GET without the body (hyper leaves the body out), as monitors expect.
@@ -61,53 +51,58 @@ async fn route(
     match segments.as_slice() {
         ["api", "health"] => {
             only(&method, &Method::GET, "GET")?;
-            health_reply(&app).await
+            health_reply(app).await
         }
         ["api", "config"] => {
             only(&method, &Method::GET, "GET")?;
             Ok(json(StatusCode::OK, &ConfigView::from(&*app.settings())))
         }
         ["api", "clusters"] => match method {
-            Method::GET => list(&app).await,
-            Method::POST => create(&app, req).await,
+            Method::GET => list(server).await,
+            Method::POST => create(app, req).await,
             _ => Err(ApiError::MethodNotAllowed("GET, POST")),
         },
         ["api", "clusters", name] => {
             let name = path_name(name)?;
             match method {
-                Method::GET => get(&app, name).await,
-                Method::DELETE => delete(&app, name).await,
+                Method::GET => get(server, name).await,
+                Method::DELETE => delete(app, name).await,
                 _ => Err(ApiError::MethodNotAllowed("GET, DELETE")),
             }
         }
         ["api", "clusters", name, "status"] => {
             only(&method, &Method::GET, "GET")?;
-            let record = find(&app, path_name(name)?).await?;
+            let record = find(app, path_name(name)?).await?;
             Ok(json(StatusCode::OK, &ClusterStatus::from(&record)))
         }
         ["api", "clusters", name, "history"] => {
             only(&method, &Method::GET, "GET")?;
-            history(&app, path_name(name)?).await
+            history(app, path_name(name)?).await
         }
         ["api", "clusters", name, "start"] => {
             only(&method, &Method::POST, "POST")?;
-            power(&app, path_name(name)?, TaskKind::Start).await
+            power(app, path_name(name)?, TaskKind::Start).await
         }
         ["api", "clusters", name, "stop"] => {
             only(&method, &Method::POST, "POST")?;
-            power(&app, path_name(name)?, TaskKind::Stop).await
+            power(app, path_name(name)?, TaskKind::Stop).await
         }
         ["api", "clusters", name, "forget"] => {
             only(&method, &Method::POST, "POST")?;
-            forget(&app, decode(name)).await
+            forget(app, decode(name)).await
         }
         ["api", "tasks", id] => {
             only(&method, &Method::GET, "GET")?;
-            task(&app, decode(id)).await
+            task(app, decode(id)).await
         }
         ["ws", "tasks"] => {
             only(&method, &Method::GET, "GET")?;
-            Ok(super::ws::upgrade(app, connections, stop, req))
+            Ok(super::ws::upgrade(
+                app.clone(),
+                &server.connections,
+                &server.stop,
+                req,
+            ))
         }
         _ => Err(ApiError::NotFound("Not Found".into())),
     }
@@ -237,24 +232,24 @@ fn reconciler_stall(app: &AppRef) -> Option<String> {
 }
 
 /// Serves a read-only answer from the response cache while the store is unchanged.
-async fn cached<F>(app: &AppRef, key: String, render_fresh: F) -> Result<Reply, ApiError>
+async fn cached<F>(server: &Server, key: String, render_fresh: F) -> Result<Reply, ApiError>
 where
     F: std::future::Future<Output = Result<Bytes, ApiError>>,
 {
     // The epoch is read before the store: a change that lands meanwhile moves it again,
     // so a stale body is never kept as current.
-    let epoch = app.store.epoch();
-    if let Some(body) = app.responses.get(&key, epoch) {
+    let epoch = server.app.store.epoch();
+    if let Some(body) = server.responses.get(&key, epoch) {
         return Ok(json_bytes(StatusCode::OK, body));
     }
     let body = render_fresh.await?;
-    app.responses.put(key, epoch, body.clone());
+    server.responses.put(key, epoch, body.clone());
     Ok(json_bytes(StatusCode::OK, body))
 }
 
-async fn list(app: &AppRef) -> Result<Reply, ApiError> {
-    cached(app, "list".into(), async {
-        let rows = app.store.read(clusters::list).await?;
+async fn list(server: &Server) -> Result<Reply, ApiError> {
+    cached(server, "list".into(), async {
+        let rows = server.app.store.read(clusters::list).await?;
         let records: Vec<ClusterRecord> = rows.into_iter().filter_map(Result::ok).collect();
         let views: Vec<ClusterInfo> = records.iter().map(ClusterInfo::from).collect();
         Ok(render(&views))
@@ -275,9 +270,9 @@ async fn find(app: &AppRef, name: ClusterName) -> Result<ClusterRecord, ApiError
     }
 }
 
-async fn get(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
-    cached(app, format!("cluster/{name}"), async {
-        let record = find(app, name).await?;
+async fn get(server: &Server, name: ClusterName) -> Result<Reply, ApiError> {
+    cached(server, format!("cluster/{name}"), async {
+        let record = find(&server.app, name).await?;
         Ok(render(&ClusterInfo::from(&record)))
     })
     .await
@@ -502,11 +497,9 @@ async fn task(app: &AppRef, id: String) -> Result<Reply, ApiError> {
 /// What the reconciler is doing now, for a task's answer.
 pub fn activity(app: &AppRef, facts: &tasks::Facts) -> tasks::Activity {
     let problems = app.health.problems();
-    // Its own statement: the lock is released before live_lines takes it again.
-    let running = app.live.lock().unwrap().len();
     let settings = app.settings();
     tasks::Activity {
-        running,
+        running: app.runs.count(),
         capacity: settings.max_concurrent_actions,
         policy: crate::reconciler::machine::Policy {
             resync: settings.resync_interval,
@@ -516,7 +509,7 @@ pub fn activity(app: &AppRef, facts: &tasks::Facts) -> tasks::Activity {
             let reasons: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
             reasons.join("; ")
         }),
-        live_lines: facts.running_run().and_then(|id| app.live_lines(id)),
+        live_lines: facts.running_run().and_then(|id| app.runs.lines(id)),
     }
 }
 

@@ -137,7 +137,7 @@ where
     // commits, a running script prints, or health changes, then looks at most once per
     // LOOK_EVERY.
     let mut store = app.store.watch();
-    let mut live = app.live_changed.subscribe();
+    let mut live = app.runs.watch();
     let mut health = app.health.watch();
     let mut dirty = Dirty::None;
     let mut next_look = Instant::now();

@@ -2,12 +2,14 @@
 //! environment, and what their output says.
 
 use std::ffi::OsString;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::LiveRun;
+use super::live::LiveRun;
 use crate::config::Settings;
 use crate::log::{ids, Event, Priority};
 use crate::model::{Action, ClusterSpec, ProbeReport};
@@ -49,6 +51,34 @@ pub struct Finished {
     pub pgid: Option<i32>,
 }
 
+/// Carries actions out: the reconciler's seam to the world. [`Scripts`] runs the
+/// configured commands; tests of the loop give it a fake.
+pub trait Runner: Send + Sync + 'static {
+    /// Runs `plan` to its end (or until `cancel`), keeping its output in `live`.
+    fn run(
+        &self,
+        plan: Plan,
+        settings: Arc<Settings>,
+        cancel: CancellationToken,
+        live: LiveRun,
+    ) -> Pin<Box<dyn Future<Output = Finished> + Send>>;
+}
+
+/// Runs each action's commands (see [`execute`]).
+pub struct Scripts;
+
+impl Runner for Scripts {
+    fn run(
+        &self,
+        plan: Plan,
+        settings: Arc<Settings>,
+        cancel: CancellationToken,
+        live: LiveRun,
+    ) -> Pin<Box<dyn Future<Output = Finished> + Send>> {
+        Box::pin(execute(plan, settings, cancel, live))
+    }
+}
+
 /// The commands an action runs, in order; each must succeed for the next to run.
 /// Creating and starting end with the probe, so "running" is verified, not assumed.
 fn steps(action: Action) -> &'static [Action] {
@@ -87,13 +117,11 @@ pub async fn execute(
         };
         let probe_lines = Arc::new(Mutex::new(Vec::new()));
         let mut on_line = {
-            let tail = live.tail.clone();
-            let changed = live.changed.clone();
+            let live = live.clone();
             let probe_lines = probe_lines.clone();
             let journal = &mut journal;
             move |line: &str| {
-                tail.lock().unwrap().push(line);
-                changed.send_replace(());
+                live.line(line);
                 journal.line(line);
                 if step == Action::Probe {
                     probe_lines.lock().unwrap().push(line.to_owned());

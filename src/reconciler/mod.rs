@@ -1,49 +1,52 @@
 //! The reconciler: one loop that makes observed state match declared state.
 //!
 //! It is level-triggered: whatever woke it (an API write, a row another program wrote, a
-//! finished action, a timer), it looks at the clusters that are due and asks [`decide`]
-//! what to do. At most one action runs per cluster and at most `max_concurrent_actions` in
-//! all. Each action runs in its own task; the loop only starts them, cancels them and
-//! records how they ended, so it never waits on a script.
+//! finished action, a timer), it looks at the clusters that are due and asks the state
+//! machine ([`machine`]) what to do. Which clusters may start an action when is the
+//! schedule's ([`schedule`]): at most one action per cluster, at most
+//! `max_concurrent_actions` in all. Each action runs in its own task through a [`Runner`]
+//! (the real one runs scripts); the loop only starts them, cancels them and records how
+//! they ended, so it never waits on a script.
+//!
+//! The loop's parts: [`recovery`] (what a dead daemon left), [`watch`] (noticing what was
+//! declared: the change feed, other programs' writes, health), [`ends`] (recording how runs
+//! ended, retried until it works) and this file (the loop, starting actions, stopping).
 
 pub mod action;
 pub mod backoff;
+mod ends;
+pub mod live;
 pub mod machine;
 mod outcome;
 pub mod probe;
-mod schedule;
+mod recovery;
+pub mod schedule;
+mod watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppRef, Heartbeat, LiveRun};
+use crate::app::{AppRef, Heartbeat};
 use crate::config::Settings;
-use crate::health::{Cause, IgnoredRow};
+use crate::health::IgnoredRow;
 use crate::log::{self, ids, Event, Priority};
-use crate::model::{Action, ActualState, DesiredState, RunOutcome};
-use crate::output::Tail;
-use crate::procs::{self, Target};
-use crate::store::clusters::{self, ClusterRecord};
-use crate::store::{runs, time, StoreResult};
+use crate::model::Action;
+use crate::procs;
+use crate::store::clusters::{self, ClusterRecord, InvalidRow};
+use crate::store::runs;
 use crate::systemd;
 
 use action::{Finished, Plan};
-use machine::{look, CancelReason, Decision, Policy, Verdict};
-use outcome::{cluster_event, log_end, record_end, EndRecord};
+pub use action::{Runner, Scripts};
+use ends::PendingEnd;
+use machine::{look, CancelReason, Decision, Policy};
+use outcome::cluster_event;
 use schedule::Schedule;
-
-/// How often old history is pruned.
-const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
-/// Retries of recording a run's end: the first after this, doubling up to the maximum.
-const END_RETRY_FIRST: Duration = Duration::from_millis(200);
-const END_RETRY_MAX: Duration = Duration::from_secs(5);
-/// How long a stop keeps trying to record ends that could not be recorded; what is left is
-/// found by the next start (the run has no end, so it is redone).
-const END_RETRY_AT_STOP: Duration = Duration::from_secs(3);
 
 /// Whether the reconciler runs for good or makes one pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,26 +56,18 @@ pub enum Mode {
     OnePass,
 }
 
+/// A running action, as the loop holds it.
 struct Running {
     action: Action,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<CancelReason>>>,
 }
 
+/// A run that ended, as its task reports it to the loop.
 struct Done {
     plan: Plan,
     finished: Finished,
     reason: Option<CancelReason>,
-}
-
-/// A finished run whose end is not recorded yet: recording is retried until it succeeds
-/// (the store may be locked by another program for a while). Until then the cluster counts
-/// as busy, so its action is not started again.
-struct PendingEnd {
-    done: Done,
-    verdict: Verdict,
-    tries: u32,
-    next_try: Instant,
 }
 
 /// What a pass of `reconcile --once` did.
@@ -82,13 +77,23 @@ pub struct PassReport {
     pub failed: usize,
 }
 
+/// A cluster's row as the loop finds it.
+enum Found {
+    Row(Box<ClusterRecord>),
+    /// Another program wrote values kindler cannot act on.
+    Invalid(InvalidRow),
+    Gone,
+    /// The store could not say.
+    Unknown,
+}
+
 pub struct Reconciler {
     app: AppRef,
     mode: Mode,
-    schedule: Schedule,
-    running: HashMap<i64, Running>,
+    runner: Arc<dyn Runner>,
+    schedule: Schedule<Running>,
     /// Ends of finished runs still to be recorded, by cluster id.
-    pending: HashMap<i64, PendingEnd>,
+    pending: std::collections::HashMap<i64, PendingEnd>,
     /// The change counter's value at the last read of the feed: read from here on.
     cursor: i64,
     /// The feed could not be read when it was last asked; the next poll reads it.
@@ -111,14 +116,21 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
+    /// A reconciler that runs the configured scripts.
     pub fn new(app: AppRef, mode: Mode) -> Self {
+        Reconciler::with_runner(app, mode, Arc::new(Scripts))
+    }
+
+    /// A reconciler that carries actions out with `runner` (tests use a fake one).
+    pub fn with_runner(app: AppRef, mode: Mode, runner: Arc<dyn Runner>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let cap = app.settings().max_concurrent_actions;
         Reconciler {
             app,
             mode,
-            schedule: Schedule::default(),
-            running: HashMap::new(),
-            pending: HashMap::new(),
+            runner,
+            schedule: Schedule::new(cap),
+            pending: Default::default(),
             cursor: 0,
             feed_stale: false,
             loaded: false,
@@ -126,7 +138,7 @@ impl Reconciler {
             done_tx,
             done_rx,
             next_poll: Instant::now(),
-            next_maintenance: Instant::now() + MAINTENANCE_EVERY,
+            next_maintenance: Instant::now() + watch::MAINTENANCE_EVERY,
             next_rescan: Instant::now(),
             status_dirty: true,
             visited: HashSet::new(),
@@ -154,7 +166,7 @@ impl Reconciler {
                 _ = shutdown.cancelled() => break,
                 _ = self.app.wake.notified() => self.sync_changes().await,
                 Some(done) = self.done_rx.recv() => self.finish(done).await,
-                _ = tokio::time::sleep_until(wake_at.into()) => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
             }
             if Instant::now() >= self.next_poll {
                 self.poll().await;
@@ -173,12 +185,12 @@ impl Reconciler {
             }
             self.record_due_ends().await;
             self.dispatch().await;
-            if self.running.is_empty() && self.schedule.is_empty() && self.pending.is_empty() {
+            if self.schedule.is_idle() {
                 break;
             }
             // The timer matters when an action could not be started (a busy store): it
             // is rescheduled, and nothing else would wake the pass.
-            let retry_at = [self.next_due_with_a_free_slot(), self.next_end_retry()]
+            let retry_at = [self.schedule.next_wake(), self.next_end_retry()]
                 .into_iter()
                 .flatten()
                 .min();
@@ -202,340 +214,86 @@ impl Reconciler {
 
     /// The next time the loop must look even if nothing wakes it.
     fn next_wake(&self) -> Instant {
-        [self.next_due_with_a_free_slot(), self.next_end_retry()]
+        [self.schedule.next_wake(), self.next_end_retry()]
             .into_iter()
             .flatten()
             .fold(self.next_poll, Instant::min)
     }
 
-    fn next_end_retry(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.next_try).min()
-    }
-
-    /// When the next scheduled cluster is due, if an action could start for it then.
-    fn next_due_with_a_free_slot(&self) -> Option<Instant> {
-        let free = self.running.len() < self.app.settings().max_concurrent_actions;
-        free.then(|| self.schedule.next_due()).flatten()
-    }
-
-    /// Ends what a previous daemon left behind: runs that never recorded an end (it was
-    /// killed), and the processes of those runs that are still alive.
-    async fn recover(&mut self) {
-        let unfinished = match self.app.store.read(runs::unfinished).await {
-            Ok(u) => u,
-            Err(e) => return log::error(&format!("cannot read unfinished runs: {e}")),
-        };
-        let grace = self.app.settings().kill_grace;
-        let endings = unfinished.iter().map(|run| async move {
-            match &run.process_tag {
-                Some(tag) => {
-                    let target = Target::of_tag(tag.clone());
-                    let found = target.live().len();
-                    target.terminate(grace).await;
-                    found
-                }
-                None => 0,
-            }
-        });
-        let ended = futures_util::future::join_all(endings).await;
-        for (run, orphans) in unfinished.into_iter().zip(ended) {
-            let action = run.action.map(|a| a.as_str()).unwrap_or("action");
-            let note = format!(
-                "{action} was interrupted: kindler stopped while it ran (killed or crashed); it is redone now"
-            );
-            let cluster_note = note.clone();
-            let in_progress = run.action.and_then(Action::in_progress_state);
-            let res = self
-                .app
-                .store
-                .write(move |tx| {
-                    runs::mark_interrupted(tx, run.id, &note)?;
-                    // Only a cluster still in that action's state is redone; one that got
-                    // further since (its end was recorded by a later run) keeps its state.
-                    if let Some(state) = in_progress {
-                        clusters::mark_interrupted(tx, run.cluster_id, state, &cluster_note)?;
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = res {
-                log::error(&format!("cannot record run {} as interrupted: {e}", run.id));
-            }
-            Event::new(
-                Priority::Warning,
-                format!(
-                    "{action} of cluster {} (run {}) was interrupted by a previous stop of kindler; it will be redone",
-                    run.cluster_name, run.id
-                ),
-            )
-            .id(ids::ACTION_INTERRUPTED)
-            .field("CLUSTER", &run.cluster_name)
-            .field("ACTION", action)
-            .field("RUN_ID", run.id)
-            .emit();
-            if orphans > 0 {
-                Event::new(
-                    Priority::Warning,
-                    format!(
-                        "ended {orphans} leftover processes of run {} ({action} of {})",
-                        run.id, run.cluster_name
-                    ),
-                )
-                .id(ids::ORPHANS_ENDED)
-                .field("CLUSTER", &run.cluster_name)
-                .field("RUN_ID", run.id)
-                .emit();
-            }
-        }
-    }
-
-    /// Puts every cluster on the schedule: running ones at their next resync, the rest now
-    /// (a cluster already due earlier stays so). At start-up, then once per resync interval;
-    /// retried by the poll until it succeeds (the store may be locked at start-up).
-    async fn load_all(&mut self) {
-        let loaded = self
-            .app
-            .store
-            .read(|conn| {
-                Ok((
-                    clusters::change_counter(conn)?,
-                    clusters::schedule_rows(conn)?,
-                ))
-            })
-            .await;
-        self.app
-            .health
-            .track(Cause::StoreReads, &loaded, "cannot load the clusters");
-        let Ok((cursor, rows)) = loaded else { return };
-        self.loaded = true;
-        self.cursor = self.cursor.max(cursor);
-        let resync = self.app.settings().resync_interval;
-        let now = Instant::now();
-        self.next_rescan = now + resync;
-        for row in rows {
-            let converged = self.mode == Mode::Daemon
-                && row.actual == ActualState::Running
-                && row.desired == Some(DesiredState::Present);
-            let due = match row.last_reconciled_at.as_deref().and_then(time::parse) {
-                Some(last) if converged => instant_at(last + resync),
-                _ => now,
-            };
-            self.schedule.soon(row.id, due);
-        }
-        self.repair_change_numbers().await;
-    }
-
-    /// Reads the change feed (rows declared since the cursor) and the clusters the API
-    /// nudged, and puts them on the schedule.
-    async fn sync_changes(&mut self) {
-        let now = Instant::now();
-        let mut touched = self.app.take_nudged();
-        let cursor = self.cursor;
-        let changed = self
-            .app
-            .store
-            .read(move |c| clusters::changed_since(c, cursor))
-            .await;
-        self.app
-            .health
-            .track(Cause::ChangeFeed, &changed, "cannot read new declarations");
-        self.feed_stale = changed.is_err();
-        if let Ok((top, ids)) = changed {
-            self.cursor = self.cursor.max(top);
-            touched.extend(ids);
-        }
-        let mut recheck = Vec::new();
-        for id in touched {
-            self.schedule.soon(id, now);
-            if self.running.contains_key(&id) {
-                recheck.push(id);
-            }
-        }
-        for id in recheck {
-            self.cancel_if_redeclared(id).await;
-        }
-    }
-
-    /// Cancels a running action that no longer moves the cluster toward its declaration.
-    async fn cancel_if_redeclared(&mut self, id: i64) {
-        let desired = match self.load(id).await {
-            Ok(Some(Ok(rec))) => Some(rec.desired),
-            Ok(Some(Err(_)) | None) => None,
-            // Unknown is not "changed": the action carries on.
-            Err(()) => return,
-        };
-        let Some(running) = self.running.get(&id) else {
-            return;
-        };
-        if machine::keeps_running(running.action, desired) {
-            return;
-        }
-        *running.reason.lock().unwrap() = Some(CancelReason::Redeclared(desired));
-        running.cancel.cancel();
-    }
-
-    async fn poll(&mut self) {
-        let settings = self.app.settings();
-        self.next_poll = Instant::now() + settings.poll_interval;
-        let file = self.app.store.check_file();
-        match &file {
-            Ok(()) => self.app.health.resolve(Cause::DatabaseFile),
-            Err(e) => self.app.health.report(Cause::DatabaseFile, e.to_string()),
-        }
-        if !self.loaded || Instant::now() >= self.next_rescan {
-            self.load_all().await;
-        }
-        match self.app.store.external_change().await {
-            Ok(true) => {
-                self.sync_changes().await;
-                self.look_again_at_ignored_rows();
-                self.repair_change_numbers().await;
-            }
-            Ok(false) if self.feed_stale => self.sync_changes().await,
-            Ok(false) => {}
-            Err(e) => self.app.health.report(
-                Cause::ChangeFeed,
-                format!("cannot check the database for declarations by other programs: {e}"),
-            ),
-        }
-        if self.app.health.is_active(Cause::StoreWrites) {
-            self.probe_writes();
-        }
-        if self.status_dirty {
-            self.status_dirty = false;
-            if let Ok(summary) = self.app.store.read(clusters::summary).await {
-                let line = systemd::status_line(&summary, SystemTime::now());
-                self.app.health.set_summary(line);
-            }
-        }
-        if Instant::now() >= self.next_maintenance {
-            self.next_maintenance = Instant::now() + MAINTENANCE_EVERY;
-            let max_age = settings.history_max_age;
-            if let Err(e) = self
-                .app
-                .store
-                .write(move |tx| runs::prune_old(tx, max_age))
-                .await
-            {
-                log::warn(&format!("cannot prune old history: {e}"));
-            }
-        }
-    }
-
-    /// Rows kindler could not act on may have been corrected by the program that wrote them.
-    fn look_again_at_ignored_rows(&mut self) {
-        let now = Instant::now();
-        for id in self.app.health.ignored_ids() {
-            self.schedule.soon(id, now);
-        }
-    }
-
-    /// Gives rows whose change number another program wrote a number of kindler's, so that
-    /// their later declarations are seen in order; each is reported in the journal.
-    async fn repair_change_numbers(&mut self) {
-        let Ok(odd) = self.app.store.read(clusters::odd_change_numbers).await else {
-            return;
-        };
-        for (id, name, value) in odd {
-            let repaired = self
-                .app
-                .store
-                .write(move |tx| clusters::renumber(tx, id))
-                .await;
-            if repaired.is_ok() {
-                Event::new(
-                    Priority::Warning,
-                    format!(
-                        "row {id} ({name:?}): its change_seq held {value:?}, which kindler did \
-                         not hand out (another program wrote it); kindler renumbered the row"
-                    ),
-                )
-                .id(ids::ROW_RENUMBERED)
-                .field("CLUSTER", &name)
-                .emit();
-            }
-        }
-    }
-
-    /// While writes fail, tries an empty write now and then (off the loop: it may wait for
-    /// the busy timeout), so that health recovers even when nobody declares anything.
-    fn probe_writes(&mut self) {
-        if self.write_probe.as_ref().is_some_and(|p| !p.is_finished()) {
-            return;
-        }
-        let app = self.app.clone();
-        self.write_probe = Some(tokio::spawn(async move {
-            let result = app.store.write(|_| Ok(())).await;
-            app.note_write(&result, "writing to the database");
-        }));
-    }
-
-    /// A cluster's row: `Ok(None)` when it is gone, `Err` when the store could not say.
-    async fn load(&self, id: i64) -> Result<Option<clusters::Parsed>, ()> {
+    /// A cluster's row, and what it means to the loop.
+    async fn load(&self, id: i64) -> Found {
         let row = self.app.store.read(move |c| clusters::by_id(c, id)).await;
-        self.app
-            .health
-            .track(Cause::StoreReads, &row, "cannot read the clusters");
-        row.map_err(|_| ())
+        self.app.health.track(
+            crate::health::Cause::StoreReads,
+            &row,
+            "cannot read the clusters",
+        );
+        match row {
+            Ok(Some(Ok(record))) => Found::Row(Box::new(record)),
+            Ok(Some(Err(invalid))) => Found::Invalid(invalid),
+            Ok(None) => Found::Gone,
+            Err(_) => Found::Unknown,
+        }
     }
 
     /// Starts actions for due clusters while there is room.
     async fn dispatch(&mut self) {
         let settings = self.app.settings();
         let policy = self.policy(&settings);
-        while self.running.len() < settings.max_concurrent_actions {
-            let Some(id) = self.schedule.pop_due(Instant::now()) else {
-                break;
-            };
-            // A busy cluster is looked at again when its action ends (and is recorded).
-            if self.running.contains_key(&id)
-                || self.pending.contains_key(&id)
-                || self.visited.contains(&id)
-            {
+        self.schedule.set_cap(settings.max_concurrent_actions);
+        while let Some(id) = self.schedule.next(Instant::now()) {
+            if self.visited.contains(&id) {
                 continue;
             }
             let record = match self.load(id).await {
-                Ok(None) => {
+                Found::Row(record) => record,
+                Found::Gone => {
                     self.app.health.unignore_row(id);
                     continue;
                 }
                 // The store could not be read (busy, or briefly unavailable): look again
                 // soon rather than forget the cluster until it changes.
-                Err(()) => {
+                Found::Unknown => {
                     self.schedule
                         .set(id, Instant::now() + settings.poll_interval);
                     continue;
                 }
-                Ok(Some(Err(invalid))) => {
-                    let row = IgnoredRow {
-                        id,
-                        name: invalid.name.clone(),
-                        reason: invalid.reason.clone(),
-                    };
-                    if self.app.health.ignore_row(row) {
-                        Event::new(Priority::Warning, invalid.to_string())
-                            .id(ids::ROW_IGNORED)
-                            .field("CLUSTER", &invalid.name)
-                            .emit();
-                    }
+                Found::Invalid(invalid) => {
+                    self.ignore(invalid);
                     continue;
                 }
-                Ok(Some(Ok(record))) => record,
             };
             self.app.health.unignore_row(id);
-            match look(&record, SystemTime::now(), policy) {
-                Decision::Act(action) => self.start(record, action, settings.clone()).await,
-                Decision::At(t) => self.schedule.set(id, instant_at(t)),
+            match look(&record, self.app.clock.now(), policy) {
+                Decision::Act(action) => self.start(*record, action, settings.clone()).await,
+                Decision::At(t) => self.schedule.set(id, self.app.clock.instant_at(t)),
                 Decision::Idle => {}
             }
         }
     }
 
+    /// A row kindler cannot act on: reported once, listed by health until it is readable.
+    fn ignore(&self, invalid: InvalidRow) {
+        let row = IgnoredRow {
+            id: invalid.id,
+            name: invalid.name.clone(),
+            reason: invalid.reason.clone(),
+        };
+        if self.app.health.ignore_row(row) {
+            Event::new(Priority::Warning, invalid.to_string())
+                .id(ids::ROW_IGNORED)
+                .field("CLUSTER", &invalid.name)
+                .emit();
+        }
+    }
+
+    /// Records that `action` begins for the cluster (its run row, with the process tag,
+    /// before any process exists), then runs it in a task of its own.
     async fn start(&mut self, record: ClusterRecord, action: Action, settings: Arc<Settings>) {
         let attempt = record.attempts + 1;
         let tag = procs::new_tag();
         let (id, generation, name) = (record.id, record.generation, record.spec.name.to_string());
-        let started_at = SystemTime::now();
+        let started_at = self.app.clock.now();
         let run_tag = tag.clone();
         let begun = self
             .app
@@ -593,15 +351,10 @@ impl Reconciler {
         ))
         .emit();
 
-        let live = LiveRun {
-            tail: Arc::new(Mutex::new(Tail::new(settings.output_tail_lines))),
-            target: Arc::new(Mutex::new(None)),
-            changed: self.app.live_changed.clone(),
-        };
-        self.app.live.lock().unwrap().insert(run_id, live.clone());
+        let live = self.app.runs.add(run_id, settings.output_tail_lines);
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
-        self.running.insert(
+        self.schedule.start(
             id,
             Running {
                 action,
@@ -617,8 +370,9 @@ impl Reconciler {
             tag,
         };
         let done_tx = self.done_tx.clone();
+        let work = self.runner.run(plan.clone(), settings, cancel, live);
         tokio::spawn(async move {
-            let finished = action::execute(plan.clone(), settings, cancel, live).await;
+            let finished = work.await;
             let reason = reason.lock().unwrap().take();
             let _ = done_tx.send(Done {
                 plan,
@@ -628,131 +382,28 @@ impl Reconciler {
         });
     }
 
-    /// Records how an action ended and decides when to look at the cluster again.
-    async fn finish(&mut self, done: Done) {
-        let id = done.plan.record.id;
-        self.running.remove(&id);
-        self.status_dirty = true;
-        let verdict = Verdict::of(
-            done.plan.action,
-            done.finished.step,
-            &done.finished.ending,
-            done.reason.as_ref(),
-            self.app.settings().action_timeout,
-        );
-        self.pending.insert(
-            id,
-            PendingEnd {
-                done,
-                verdict,
-                tries: 0,
-                next_try: Instant::now(),
-            },
-        );
-        self.record_end_of(id).await;
-    }
-
-    /// Records the ends whose retry is due.
-    async fn record_due_ends(&mut self) {
-        let now = Instant::now();
-        let due: Vec<i64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.next_try <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            self.record_end_of(id).await;
-        }
-    }
-
-    /// Records how a run ended (its history row, and what it does to the cluster's row), or
-    /// keeps it for a retry when the store does not take the write.
-    async fn record_end_of(&mut self, id: i64) {
-        let Some(mut pending) = self.pending.remove(&id) else {
-            return;
-        };
-        let recorded = self.write_end(&pending).await;
-        self.app
-            .note_write(&recorded, "recording the end of an action");
-        let (plan, finished) = (&pending.done.plan, &pending.done.finished);
-        match recorded {
-            Ok(end) => {
-                self.app.live.lock().unwrap().remove(&plan.run_id);
-                log_end(plan, finished, &pending.verdict, &end);
-                match self.mode {
-                    Mode::Daemon => self.schedule.soon(id, Instant::now()),
-                    Mode::OnePass => match pending.verdict.outcome {
-                        RunOutcome::Succeeded => self.report.succeeded += 1,
-                        _ => self.report.failed += 1,
-                    },
-                }
-            }
-            Err(e) => {
-                pending.tries += 1;
-                let wait = END_RETRY_FIRST
-                    .saturating_mul(1 << pending.tries.min(10))
-                    .min(END_RETRY_MAX);
-                pending.next_try = Instant::now() + wait;
-                self.app.health.report(
-                    Cause::RunEnds,
-                    format!(
-                        "the end of run {} ({} of {}) cannot be recorded: {e}; kindler keeps trying",
-                        plan.run_id, plan.action, plan.record.spec.name
-                    ),
-                );
-                self.pending.insert(id, pending);
-            }
-        }
-        if self.pending.is_empty() {
-            self.app.health.resolve(Cause::RunEnds);
-        }
-    }
-
-    async fn write_end(&self, pending: &PendingEnd) -> StoreResult<EndRecord> {
-        let settings = self.app.settings();
-        let keep = settings.history_per_cluster;
-        let backoff = (settings.backoff_initial, settings.backoff_max);
-        let plan = pending.done.plan.clone();
-        let finished = pending.done.finished.clone();
-        let verdict = pending.verdict.clone();
-        self.app
-            .store
-            .write(move |tx| record_end(tx, &plan, &finished, &verdict, keep, backoff))
-            .await
-    }
-
     /// Cancels every running action (the daemon is stopping), waits for them to end and
     /// records their ends (for a while, if the store does not take them at once).
     async fn stop_all(&mut self) {
-        if !self.running.is_empty() {
+        if self.schedule.running_count() > 0 {
             let grace = self.app.settings().kill_grace;
             // Tell systemd the stop may take a scripts' grace period longer than usual.
-            systemd::extend_timeout(grace + END_RETRY_AT_STOP + Duration::from_secs(5));
-            for running in self.running.values() {
+            systemd::extend_timeout(grace + ends::RETRY_AT_STOP + Duration::from_secs(5));
+            for running in self.schedule.running_handles() {
                 *running.reason.lock().unwrap() = Some(CancelReason::Shutdown);
                 running.cancel.cancel();
             }
         }
-        while !self.running.is_empty() {
+        while self.schedule.running_count() > 0 {
             match self.done_rx.recv().await {
                 Some(done) => self.finish(done).await,
                 None => break,
             }
         }
-        let give_up = Instant::now() + END_RETRY_AT_STOP;
-        while let Some(next) = self.next_end_retry() {
-            if next > give_up {
-                break;
-            }
-            tokio::time::sleep_until(next.into()).await;
-            self.record_due_ends().await;
-        }
-        if !self.pending.is_empty() {
-            log::error(&format!(
-                "stopping with {} runs whose end could not be recorded; the next start redoes them",
-                self.pending.len()
-            ));
+        self.record_ends_before_stopping().await;
+        if let Some(probe) = self.write_probe.take() {
+            probe.abort();
+            let _ = probe.await;
         }
     }
 }
@@ -760,16 +411,9 @@ impl Reconciler {
 /// Sleeps until `at`, or for ever when there is no `at`.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// The `Instant` at which wall-clock time `t` arrives (now, if it has passed).
-fn instant_at(t: SystemTime) -> Instant {
-    Instant::now()
-        + t.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
 }
 
 /// A fault switch for the watchdog test, compiled into debug (test) builds only: while

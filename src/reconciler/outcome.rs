@@ -25,6 +25,7 @@ pub struct EndRecord {
 
 /// Writes the run's end into the history and applies what the state machine makes of it to
 /// the cluster's row as it is now (it may have been declared anew meanwhile).
+#[allow(clippy::too_many_arguments)] // one transaction's inputs, passed from the writer job
 pub(super) fn record_end(
     tx: &rusqlite::Transaction,
     plan: &Plan,
@@ -32,6 +33,7 @@ pub(super) fn record_end(
     v: &Verdict,
     keep: u32,
     (backoff_initial, backoff_max): (Duration, Duration),
+    now: SystemTime,
 ) -> StoreResult<EndRecord> {
     let id = plan.record.id;
     let error = v.error_text(&f.tail);
@@ -69,7 +71,7 @@ pub(super) fn record_end(
         tail: &f.tail,
         probe: f.probe,
     };
-    let change = machine::ended(&current, &run, SystemTime::now(), |attempt| {
+    let change = machine::ended(&current, &run, now, |attempt| {
         backoff::delay(attempt, backoff_initial, backoff_max)
     });
     apply(tx, &current, &change)

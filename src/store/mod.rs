@@ -256,5 +256,12 @@ where
     T: Send + 'static,
     F: FnOnce() -> StoreResult<T> + Send + 'static,
 {
-    tokio::task::block_in_place(f)
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    // block_in_place needs the multi-threaded runtime (the daemon's). On a current-thread
+    // runtime (tests with a paused clock) there is no other worker to hand tasks to: the
+    // read simply runs here.
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }

@@ -1,0 +1,85 @@
+//! The runs in progress, as others may see them: their output so far (the task endpoint
+//! and the WebSocket show it) and their processes (a forced stop kills them). The
+//! reconciler adds and removes runs; everyone else only looks, through [`LiveRuns`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::output::Tail;
+use crate::procs::Target;
+
+/// One run in progress: shared between the reconciler and the task that runs it.
+#[derive(Clone)]
+pub struct LiveRun {
+    pub tail: Arc<Mutex<Tail>>,
+    pub target: Arc<Mutex<Option<Target>>>,
+    changed: Arc<watch::Sender<()>>,
+}
+
+impl LiveRun {
+    /// Keeps an output line (and tells watchers).
+    pub fn line(&self, line: &str) {
+        self.tail.lock().unwrap().push(line);
+        self.changed.send_replace(());
+    }
+}
+
+/// The runs in progress, by run id.
+pub struct LiveRuns {
+    runs: Mutex<HashMap<i64, LiveRun>>,
+    /// Changes with every output line of any run in progress.
+    changed: Arc<watch::Sender<()>>,
+}
+
+impl Default for LiveRuns {
+    fn default() -> Self {
+        LiveRuns {
+            runs: Mutex::new(HashMap::new()),
+            changed: Arc::new(watch::Sender::new(())),
+        }
+    }
+}
+
+impl LiveRuns {
+    /// A new run in progress, keeping its last `tail_lines` output lines.
+    pub(crate) fn add(&self, run_id: i64, tail_lines: usize) -> LiveRun {
+        let run = LiveRun {
+            tail: Arc::new(Mutex::new(Tail::new(tail_lines))),
+            target: Arc::new(Mutex::new(None)),
+            changed: self.changed.clone(),
+        };
+        self.runs.lock().unwrap().insert(run_id, run.clone());
+        run
+    }
+
+    /// The run is over and recorded.
+    pub(crate) fn remove(&self, run_id: i64) {
+        self.runs.lock().unwrap().remove(&run_id);
+    }
+
+    /// Output lines of a run in progress, if it is one.
+    pub fn lines(&self, run_id: i64) -> Option<Vec<String>> {
+        let runs = self.runs.lock().unwrap();
+        runs.get(&run_id).map(|r| r.tail.lock().unwrap().lines())
+    }
+
+    /// Runs in progress (including those whose end is being recorded).
+    pub fn count(&self) -> usize {
+        self.runs.lock().unwrap().len()
+    }
+
+    /// The processes of every run in progress (for the forced stop).
+    pub fn targets(&self) -> Vec<Target> {
+        let runs = self.runs.lock().unwrap();
+        runs.values()
+            .filter_map(|r| r.target.lock().unwrap().clone())
+            .collect()
+    }
+
+    /// Changes with every output line of a run in progress.
+    pub fn watch(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+}
