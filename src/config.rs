@@ -26,7 +26,7 @@ use std::time::Duration;
 use clap::{Arg, ArgMatches};
 use toml::Spanned;
 
-use spec::{at_least, default, longer_than_zero, none, within, Spec};
+use spec::{assignments, at_least, default, longer_than_zero, none, variable_names, within, Spec};
 pub use values::{CommandLine, LogLevel, LogTarget, PortRange};
 
 /// Declares the settings; see the module's documentation and the table below.
@@ -133,6 +133,15 @@ settings! {
     /// `argocd_status=healthy|degraded` lines for the status endpoint.
     probe_command: CommandLine = script("probe-cluster");
 
+    /// Variables of kindler's environment that scripts get besides the allow-list (PATH,
+    /// HOME, LANG, LC_*, TZ, USER, LOGNAME, TMPDIR and the tools' own: DOCKER_*, KUBECONFIG,
+    /// ...): comma-separated names, a name ending in * for every variable with that prefix.
+    /// Everything else in kindler's environment (tokens, passwords) stays out of scripts.
+    script_env_pass: Vec<String> = default("").value_name("NAMES").must_be(variable_names());
+
+    /// Variables scripts get with a fixed value: comma-separated NAME=value.
+    script_env_set: Vec<String> = default("").value_name("NAME=VALUE,...").must_be(assignments());
+
     /// Most actions (scripts) running at once, over all clusters.
     max_concurrent_actions: usize = default("3").must_be(within(1..=1024));
 
@@ -171,6 +180,16 @@ settings! {
 
     /// Clusters the API refuses to delete (comma-separated).
     protected_clusters: Vec<String> = default("devops").value_name("NAMES");
+
+    /// Host names the API answers on TCP besides the loopback names and addresses
+    /// (localhost, 127.0.0.1, [::1], with the listening port or none): the name a reverse
+    /// proxy passes on, say. NAME answers with any port, NAME:PORT with that one. Requests
+    /// naming another host are refused (a page on a rebound DNS name cannot reach the API).
+    allowed_hosts: Vec<String> = default("").value_name("HOSTS");
+
+    /// Origins (scheme://host[:port]) whose pages may send changes (POST, DELETE, the
+    /// WebSocket) besides the API's own origin.
+    allowed_origins: Vec<String> = default("").value_name("ORIGINS");
 
     /// Base domain reported to the WebUI.
     base_domain: String = default("local").value_name("DOMAIN");

@@ -25,18 +25,6 @@ use tokio_util::sync::CancellationToken;
 use crate::output::LineSplitter;
 use crate::procs::{Target, TAG_VAR};
 
-/// Variables of the daemon that must not leak into scripts: systemd's protocol variables
-/// are addressed to kindler alone, and JOURNAL_STREAM would lie about the script's stdout.
-const PRIVATE_VARS: &[&str] = &[
-    "NOTIFY_SOCKET",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "JOURNAL_STREAM",
-];
-
 /// How long output is still read after the command exited, for lines still in the pipe.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
@@ -45,7 +33,8 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 pub struct Invocation {
     pub program: OsString,
     pub args: Vec<OsString>,
-    pub env: Vec<(String, String)>,
+    /// The command's whole environment (see `reconciler::action::environment`).
+    pub env: Vec<(OsString, OsString)>,
     /// Inherited by every process of the run as `KINDLER_PROCESS_TAG`.
     pub tag: String,
 }
@@ -211,14 +200,8 @@ fn spawn(inv: &Invocation) -> io::Result<Spawned> {
         .stdout(Stdio::from(write_end))
         .stderr(Stdio::from(write_end2))
         .process_group(0);
-    for (key, _) in std::env::vars_os() {
-        let key_text = key.to_string_lossy();
-        // The daemon's own settings (KINDLER_*) are not the script's business either; it
-        // gets the cluster's fields under that prefix instead.
-        if PRIVATE_VARS.contains(&key_text.as_ref()) || key_text.starts_with("KINDLER_") {
-            cmd.env_remove(&key);
-        }
-    }
+    // The whole environment is the invocation's: nothing of the daemon's leaks in.
+    cmd.env_clear();
     cmd.envs(inv.env.iter().map(|(k, v)| (k, v)));
     cmd.env(TAG_VAR, &inv.tag);
     let child = cmd.spawn()?;

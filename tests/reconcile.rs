@@ -526,6 +526,8 @@ fn reconcile_once_makes_one_pass_and_refuses_to_race_a_daemon() {
                 s,
                 "--delete-command",
                 s,
+                "--script-env-pass",
+                "STANDIN_DIR",
             ])
             .env("STANDIN_DIR", env.standin_dir())
             .output()

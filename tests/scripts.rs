@@ -230,7 +230,7 @@ fn the_daemon_on_its_default_scripts_runs_a_cluster_through_its_life() {
     let env = Env::new();
     let mut cmd = Command::new(common::BIN);
     cmd.args(["serve", "--database", env.db().to_str().unwrap()])
-        .args(["--poll-interval", "100ms"])
+        .args(["--poll-interval", "100ms", "--script-env-pass", "FAKE_DIR"])
         .env("KINDLER_CONFIG", "/dev/null")
         .env("PATH", t.path())
         .env("FAKE_DIR", t.dir.path());

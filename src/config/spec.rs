@@ -193,6 +193,40 @@ pub fn longer_than_zero() -> Rule<Duration> {
     }
 }
 
+/// A list of environment variable names (`[A-Za-z_][A-Za-z0-9_]*`), each optionally ending
+/// in `*` for every variable with that prefix; kindler's own `KINDLER_*` are not among them.
+pub fn variable_names() -> Rule<Vec<String>> {
+    Rule {
+        says: "names of variables (NAME, or PREFIX*), not KINDLER_*".into(),
+        holds: Box::new(|names| {
+            names
+                .iter()
+                .all(|n| is_variable_name(n.strip_suffix('*').unwrap_or(n)))
+        }),
+    }
+}
+
+/// A list of `NAME=value` assignments of environment variables, not kindler's own.
+pub fn assignments() -> Rule<Vec<String>> {
+    Rule {
+        says: "NAME=value assignments, not KINDLER_*".into(),
+        holds: Box::new(|items| {
+            items
+                .iter()
+                .all(|a| a.split_once('=').is_some_and(|(n, _)| is_variable_name(n)))
+        }),
+    }
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("KINDLER_")
+}
+
 /// Reads a flag's or variable's value for clap, with the same reasons as the file's.
 struct Reader<T: 'static>(&'static Spec<T>);
 

@@ -170,7 +170,7 @@ pub fn invocation(settings: &Settings, plan: &Plan, step: Action) -> Invocation 
     Invocation {
         program: command.program.clone().into_os_string(),
         args,
-        env: environment(plan, step),
+        env: environment(settings, plan, step),
         tag: plan.tag.clone(),
     }
 }
@@ -204,8 +204,68 @@ fn step_args(spec: &ClusterSpec, step: Action) -> Vec<String> {
     args
 }
 
-/// Every field of the cluster as `KINDLER_*`, for scripts that want more than the flags.
-fn environment(plan: &Plan, step: Action) -> Vec<(String, String)> {
+/// Variables of kindler's environment every script gets, when they are set: what any
+/// program needs (the search path, home, locale, time zone, user, temporary directory) and
+/// what docker, kubectl, k3d and kind read. A name ending in `*` stands for every variable
+/// with that prefix. Everything else (tokens, passwords, `DATABASE_URL`, systemd's
+/// `NOTIFY_SOCKET`, kindler's own `KINDLER_*` settings) stays out, unless the operator
+/// names it in `script_env_pass`.
+pub const SCRIPT_ENV_ALLOWED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "TMPDIR",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CONTEXT",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "KUBECONFIG",
+    "KIND_EXPERIMENTAL_PROVIDER",
+    "K3D_*",
+];
+
+/// Does `name` match one of `patterns` (exact, or a prefix ending in `*`)?
+fn matches_any(name: &str, patterns: &[impl AsRef<str>]) -> bool {
+    patterns.iter().any(|p| match p.as_ref().strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == p.as_ref(),
+    })
+}
+
+/// A script's whole environment: the allowed variables of kindler's own and those the
+/// configuration passes on, the fixed values it sets, then every field of the cluster as
+/// `KINDLER_*` (for scripts that want more than the flags).
+pub fn environment(settings: &Settings, plan: &Plan, step: Action) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            let name = k.to_string_lossy();
+            !name.starts_with("KINDLER_")
+                && (matches_any(&name, SCRIPT_ENV_ALLOWED)
+                    || matches_any(&name, &settings.script_env_pass))
+        })
+        .collect();
+    for assignment in &settings.script_env_set {
+        if let Some((name, value)) = assignment.split_once('=') {
+            env.retain(|(k, _)| k != name);
+            env.push((name.into(), value.into()));
+        }
+    }
+    env.extend(
+        cluster_fields(plan, step)
+            .into_iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    env
+}
+
+/// Every field of the cluster as `KINDLER_*`.
+fn cluster_fields(plan: &Plan, step: Action) -> Vec<(String, String)> {
     let spec = &plan.record.spec;
     let bit = |b: bool| if b { "1" } else { "0" }.to_owned();
     let mut env = vec![

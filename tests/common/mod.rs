@@ -134,6 +134,9 @@ impl Env {
                 "--backoff-max",
                 "2s",
             ])
+            // The stand-in finds its folder through the environment, which kindler passes on
+            // only when told to.
+            .args(["--script-env-pass", "STANDIN_DIR"])
             .args([
                 "--poll-interval",
                 "100ms",
