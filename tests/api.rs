@@ -27,7 +27,7 @@ fn health_config_and_list_shapes() {
     assert_eq!(h["service"], "kindler");
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
     // HEAD, as monitors send it: the same status, no body.
-    let head = "HEAD /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let head = "HEAD /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
     let r = send_raw(env.port, head.as_bytes(), 5 * SEC).unwrap();
     assert_eq!((r.status, r.text.as_str()), (200, ""));
 
@@ -341,7 +341,7 @@ fn bad_bodies_get_clear_4xx_errors() {
     );
     let r = env.post("/api/clusters", &big);
     assert_eq!(r.status, 413, "{:?}", r.status);
-    let mut chunked = b"POST /api/clusters HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked = b"POST /api/clusters HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..20 {
         chunked.extend_from_slice(format!("{:x}\r\n{}\r\n", 65536, "y".repeat(65536)).as_bytes());
     }
@@ -458,62 +458,168 @@ fn websocket_pushes_task_updates_until_completed() {
 fn requests_another_site_sends_through_the_browser_are_refused() {
     let env = Env::new();
     let _d = env.start(&[]);
-    // What a form post from another web page looks like: no preflight, text/plain.
-    let raw = |path: &str, site: &str, body: &str| {
+    let host = format!("127.0.0.1:{}", env.port);
+    // What a page sends: a form post from another site (no preflight, text/plain), or the
+    // WebUI's own fetch (its origin, JSON).
+    let raw = |path: &str, origin: &str, site: &str, kind: &str, body: &str| {
         format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nOrigin: http://evil.example\r\n\
-             Sec-Fetch-Site: {site}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nOrigin: {origin}\r\n\
+             Sec-Fetch-Site: {site}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
     };
     let body = r#"{"name":"csrf","provider":"k3d"}"#;
-    let r = send_raw(
-        env.port,
-        raw("/api/clusters", "cross-site", body).as_bytes(),
-        5 * SEC,
-    )
-    .unwrap();
+    let evil = "http://evil.example";
+    let own = format!("http://{host}");
+    let send = |req: String| send_raw(env.port, req.as_bytes(), 5 * SEC).unwrap();
+    let r = send(raw("/api/clusters", evil, "cross-site", "text/plain", body));
     assert_eq!(r.status, 403, "{r:?}");
     assert!(r.json()["detail"].as_str().unwrap().contains("cross-site"));
+    // Without Sec-Fetch headers (older browsers), the Origin alone gives it away.
+    let no_label = format!(
+        "POST /api/clusters HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nOrigin: {evil}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = send(no_label);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("evil.example"),
+        "{r:?}"
+    );
+    // A body that is not JSON is what a form can send without a preflight: refused too.
+    let r = send(raw(
+        "/api/clusters",
+        &own,
+        "same-origin",
+        "text/plain",
+        body,
+    ));
+    assert_eq!(r.status, 415, "{r:?}");
     assert_eq!(
         env.sqlite("SELECT COUNT(*) FROM clusters"),
         "0",
         "nothing stored"
     );
 
-    // The WebUI's own pages (same origin) and clients without the header are served.
-    let r = send_raw(
-        env.port,
-        raw("/api/clusters", "same-origin", body).as_bytes(),
-        5 * SEC,
-    )
-    .unwrap();
+    // The WebUI's own pages are served.
+    let r = send(raw(
+        "/api/clusters",
+        &own,
+        "same-origin",
+        "application/json",
+        body,
+    ));
     assert_eq!(r.status, 202, "{r:?}");
     env.await_state("csrf", "running", 10 * SEC);
-    let r = send_raw(
-        env.port,
-        raw("/api/clusters/csrf/stop", "cross-site", "").as_bytes(),
-        5 * SEC,
-    )
-    .unwrap();
+    let r = send(raw(
+        "/api/clusters/csrf/stop",
+        evil,
+        "cross-site",
+        "text/plain",
+        "",
+    ));
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = send(raw("/api/clusters/csrf/stop", evil, "", "text/plain", ""));
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(env.cluster("csrf").unwrap()["desired_state"], "present");
     // Reading is not a change: a cross-site GET is answered (the browser keeps the answer
     // from the page, as no CORS header allows it).
-    let get = "GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nSec-Fetch-Site: cross-site\r\n\r\n";
-    assert_eq!(
-        send_raw(env.port, get.as_bytes(), 5 * SEC).unwrap().status,
-        200
+    let get = format!(
+        "GET /api/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nSec-Fetch-Site: cross-site\r\n\r\n"
     );
+    assert_eq!(send(get).status, 200);
     // A WebSocket from another site could read task output: refused before the upgrade.
-    let ws =
-        "GET /ws/tasks HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-              Sec-Fetch-Site: cross-site\r\n\r\n";
-    assert_eq!(
-        send_raw(env.port, ws.as_bytes(), 5 * SEC).unwrap().status,
-        403
+    for header in ["Sec-Fetch-Site: cross-site", "Origin: http://evil.example"] {
+        let ws = format!(
+            "GET /ws/tasks HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{header}\r\n\r\n"
+        );
+        assert_eq!(send(ws).status, 403, "{header}");
+    }
+}
+
+#[test]
+fn a_rebound_dns_name_cannot_reach_the_api_but_configured_names_can() {
+    let env = Env::new();
+    let _d = env.start(&[
+        "--allowed-hosts",
+        "kindler.example",
+        "--allowed-origins",
+        "https://webui.example",
+    ]);
+    let port = env.port;
+    let request = |method: &str, path: &str, host: &str, extra: &str| {
+        let body = if method == "POST" && path == "/api/clusters" {
+            r#"{"name":"rebound","provider":"k3d"}"#
+        } else {
+            ""
+        };
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        send_raw(port, raw.as_bytes(), 5 * SEC).unwrap()
+    };
+    // A page on evil.example, rebound to 127.0.0.1: its requests name its own host.
+    let evil = format!("evil.example:{port}");
+    for (method, path) in [
+        ("GET", "/api/clusters"),
+        ("POST", "/api/clusters"),
+        ("DELETE", "/api/clusters/x"),
+    ] {
+        let r = request(method, path, &evil, "");
+        assert_eq!(r.status, 403, "{method} {path}: {r:?}");
+        assert!(
+            r.json()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("evil.example"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(env.sqlite("SELECT COUNT(*) FROM clusters"), "0");
+    // The loopback names and addresses, with the port, are kindler.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "localhost".into(),
+    ] {
+        assert_eq!(
+            request("GET", "/api/health", &host, "").status,
+            200,
+            "{host}"
+        );
+    }
+    // A reverse proxy for a WebUI at https://webui.example: nginx passes its own Host
+    // (proxy_set_header Host $host) or 127.0.0.1:PORT (its default, $proxy_host), and the
+    // browser's Origin; both work once configured.
+    let r = request(
+        "POST",
+        "/api/clusters",
+        "kindler.example",
+        "Origin: https://webui.example\r\n",
     );
+    assert_eq!(r.status, 202, "{r:?}");
+    let r = request(
+        "POST",
+        "/api/clusters/rebound/stop",
+        &format!("127.0.0.1:{port}"),
+        "Origin: https://webui.example\r\nSec-Fetch-Site: same-origin\r\n",
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let r = request(
+        "POST",
+        "/api/clusters/rebound/start",
+        "kindler.example",
+        "Origin: https://other.example\r\n",
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    // The unix socket is exempt: only root and the group kindler can open it.
 }
 
 #[test]
@@ -561,7 +667,7 @@ fn beyond_its_connection_limit_clients_wait_instead_of_failing() {
     });
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
     stream
-        .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .unwrap();
     stream
         .set_read_timeout(Some(Duration::from_millis(500)))

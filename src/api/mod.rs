@@ -5,6 +5,7 @@
 
 mod cache;
 mod create;
+pub mod guard;
 mod response;
 mod routes;
 mod tasks;
@@ -12,6 +13,7 @@ mod views;
 mod ws;
 
 use cache::ResponseCache;
+use guard::Via;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,7 +86,11 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
                             accepted = l.accept() => match accepted {
                                 Ok((stream, _)) => {
                                     let _ = stream.set_nodelay(true);
-                                    connection(&server, stream, slot);
+                                    let via = match stream.local_addr() {
+                                        Ok(a) => Via::Tcp { ip: a.ip(), port: a.port() },
+                                        Err(_) => continue,
+                                    };
+                                    connection(&server, via, stream, slot);
                                 }
                                 Err(e) => accept_failed(e).await,
                             }
@@ -104,7 +110,7 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
                             tokio::select! {
                                 _ = shutdown.cancelled() => break,
                                 accepted = l.accept() => match accepted {
-                                    Ok((stream, _)) => connection(&server, stream, slot),
+                                    Ok((stream, _)) => connection(&server, Via::Unix, stream, slot),
                                     Err(e) => accept_failed(e).await,
                                 }
                             }
@@ -167,7 +173,7 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn connection<T>(server: &Arc<Server>, io: T, slot: OwnedSemaphorePermit)
+fn connection<T>(server: &Arc<Server>, via: Via, io: T, slot: OwnedSemaphorePermit)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -184,7 +190,7 @@ where
                 if requests.fetch_add(1, Ordering::Relaxed) == 0 {
                     first_request.notify_one();
                 }
-                async move { Ok::<_, Infallible>(routes::handle(server, req).await) }
+                async move { Ok::<_, Infallible>(routes::handle(server, via, req).await) }
             })
         };
         let conn = http1::Builder::new()

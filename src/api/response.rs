@@ -58,6 +58,8 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     Unavailable(String),
     Timeout(std::time::Duration),
+    /// A body of this type (not JSON).
+    UnsupportedMediaType(String),
 }
 
 /// The store's failures reach clients as 503 with the reason; they are reported (once per
@@ -94,6 +96,10 @@ impl ApiError {
                 r
             }
             ApiError::Unavailable(m) => text(StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::UnsupportedMediaType(t) => text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("request bodies must be application/json, not {t}"),
+            ),
             ApiError::Timeout(limit) => text(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!(

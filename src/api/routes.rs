@@ -8,6 +8,7 @@ use hyper::{Method, Request, StatusCode};
 use std::sync::Arc;
 
 use super::create;
+use super::guard::{self, Via};
 use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
 use super::tasks::{self, TaskKind};
 use super::views::{
@@ -29,14 +30,14 @@ const HISTORY_LIMIT: u32 = 50;
 /// A reconciler that has not turned for this long (plus two poll intervals) is stuck.
 const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Reply {
-    match route(&server, req).await {
+pub async fn handle(server: Arc<Server>, via: Via, req: Request<Incoming>) -> Reply {
+    match route(&server, via, req).await {
         Ok(reply) => reply,
         Err(e) => e.reply(),
     }
 }
 
-async fn route(server: &Server, req: Request<Incoming>) -> Result<Reply, ApiError> {
+async fn route(server: &Server, via: Via, req: Request<Incoming>) -> Result<Reply, ApiError> {
     let app = &server.app;
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
@@ -45,9 +46,13 @@ async fn route(server: &Server, req: Request<Incoming>) -> Result<Reply, ApiErro
         &Method::HEAD => Method::GET,
         m => m.clone(),
     };
-    if method != Method::GET || segments == ["ws", "tasks"] {
-        refuse_cross_site(&req)?;
-    }
+    let websocket = segments == ["ws", "tasks"];
+    guard::check(
+        &req,
+        via,
+        guard::is_change(&method, websocket),
+        &app.settings(),
+    )?;
     match segments.as_slice() {
         ["api", "health"] => {
             only(&method, &Method::GET, "GET")?;
@@ -105,23 +110,6 @@ async fn route(server: &Server, req: Request<Incoming>) -> Result<Reply, ApiErro
             ))
         }
         _ => Err(ApiError::NotFound("Not Found".into())),
-    }
-}
-
-/// Refuses what a browser says another site's page sent (the `Sec-Fetch-Site` header
-/// browsers add to every request, which proxies pass on unchanged). Any web page the
-/// operator opens could otherwise declare, stop or delete clusters on this loopback API
-/// with a form post, or read task output over the WebSocket. The WebUI itself is served
-/// from the API's origin; curl and scripts send no such header.
-fn refuse_cross_site(req: &Request<Incoming>) -> Result<(), ApiError> {
-    match req.headers().get("sec-fetch-site") {
-        Some(site) if site.as_bytes().eq_ignore_ascii_case(b"cross-site") => {
-            Err(ApiError::Forbidden(
-                "cross-site request refused: kindler accepts changes only from pages of its own origin"
-                    .into(),
-            ))
-        }
-        _ => Ok(()),
     }
 }
 
