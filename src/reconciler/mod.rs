@@ -371,7 +371,7 @@ impl Reconciler {
             Ok(Some(Ok(rec))) => Some(rec.desired),
             Ok(Some(Err(_)) | None) => None,
             // Unknown is not "changed": the action carries on.
-            Err(()) => return,
+            Err(_) => return,
         };
         let Some(running) = self.running.get(&id) else {
             return;
@@ -479,13 +479,14 @@ impl Reconciler {
         }));
     }
 
-    /// A cluster's row: `Ok(None)` when it is gone, `Err` when the store could not say.
-    async fn load(&self, id: i64) -> Result<Option<clusters::Parsed>, ()> {
+    /// A cluster's row: `Ok(None)` when it is gone, `Err` when the store could not say (the
+    /// error is reported to health here).
+    async fn load(&self, id: i64) -> StoreResult<Option<clusters::Parsed>> {
         let row = self.app.store.read(move |c| clusters::by_id(c, id)).await;
         self.app
             .health
             .track(Cause::StoreReads, &row, "cannot read the clusters");
-        row.map_err(|_| ())
+        row
     }
 
     /// Starts actions for due clusters while there is room.
@@ -510,7 +511,7 @@ impl Reconciler {
                 }
                 // The store could not be read (busy, or briefly unavailable): look again
                 // soon rather than forget the cluster until it changes.
-                Err(()) => {
+                Err(_) => {
                     self.schedule
                         .set(id, Instant::now() + settings.poll_interval);
                     continue;
