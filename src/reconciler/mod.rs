@@ -28,7 +28,7 @@ use crate::model::{Action, ActualState, DesiredState, RunOutcome};
 use crate::output::Tail;
 use crate::procs::{self, Target};
 use crate::store::clusters::{self, ClusterRecord};
-use crate::store::{runs, time, StoreResult};
+use crate::store::{runs, StoreResult};
 use crate::systemd;
 
 use action::{Finished, Plan};
@@ -261,8 +261,8 @@ impl Reconciler {
                     runs::mark_interrupted(tx, run.id, &note)?;
                     // Only a cluster still in that action's state is redone; one that got
                     // further since (its end was recorded by a later run) keeps its state.
-                    if let Some(state) = in_progress {
-                        clusters::mark_interrupted(tx, run.cluster_id, state, &cluster_note)?;
+                    if let (Some(state), Some(cluster_id)) = (in_progress, run.cluster_id) {
+                        clusters::mark_interrupted(tx, cluster_id, state, &cluster_note)?;
                     }
                     Ok(())
                 })
@@ -325,7 +325,7 @@ impl Reconciler {
             let converged = self.mode == Mode::Daemon
                 && row.actual == ActualState::Running
                 && row.desired.as_deref().unwrap_or("present") == "present";
-            let due = match row.last_reconciled_at.as_deref().and_then(time::parse) {
+            let due = match row.last_reconciled_at.map(SystemTime::from) {
                 Some(last) if converged => instant_at(last + resync),
                 _ => now,
             };

@@ -10,7 +10,8 @@ use crate::log::{ids, Event, Priority};
 use crate::model::{Action, ActualState, DesiredState, ProbeReport, RunOutcome};
 use crate::runner::Ending;
 use crate::store::clusters::{self, ActionResult, ClusterRecord};
-use crate::store::{runs, time, StoreResult};
+use crate::store::time::Timestamp;
+use crate::store::{runs, StoreResult};
 
 /// Output lines quoted in a cluster's `reconcile_error`.
 const ERROR_LINES: usize = 10;
@@ -87,7 +88,7 @@ impl Verdict {
 pub struct EndRecord {
     removed: bool,
     attempts: u32,
-    next_attempt_at: Option<String>,
+    next_attempt_at: Option<Timestamp>,
     desired: Option<DesiredState>,
     actual: Option<ActualState>,
 }
@@ -170,9 +171,9 @@ pub(super) fn record_end(
             if !redeclared {
                 end.attempts = plan.attempt;
                 let delay = backoff::delay(plan.attempt, backoff_initial, backoff_max);
-                end.next_attempt_at = Some(time::text(SystemTime::now() + delay));
+                end.next_attempt_at = Some((SystemTime::now() + delay).into());
             }
-            let next = end.next_attempt_at.clone();
+            let next = end.next_attempt_at;
             finish(
                 tx,
                 id,
@@ -204,7 +205,7 @@ fn finish(
     actual: ActualState,
     error: Option<String>,
     attempts: u32,
-    next_attempt_at: Option<String>,
+    next_attempt_at: Option<Timestamp>,
     generation: i64,
     probe: Option<ProbeReport>,
 ) -> StoreResult<()> {
@@ -303,9 +304,9 @@ pub(super) fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
         .field("RUN_ID", plan.run_id)
         .emit();
     }
-    if let Some(next) = &end.next_attempt_at {
-        let wait = time::parse(next)
-            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+    if let Some(next) = end.next_attempt_at {
+        let wait = SystemTime::from(next)
+            .duration_since(SystemTime::now())
             .unwrap_or_default();
         Event::new(
             Priority::Info,
@@ -313,14 +314,14 @@ pub(super) fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
                 "cluster {name}: retry {} of {action} in {} (at {})",
                 end.attempts + 1,
                 humantime::format_duration(Duration::from_secs(wait.as_secs())),
-                time::iso(next)
+                next.iso()
             ),
         )
         .id(ids::RETRY_SCHEDULED)
         .field("CLUSTER", name)
         .field("ACTION", action)
         .field("ATTEMPT", end.attempts + 1)
-        .field("NEXT_ATTEMPT_AT", time::iso(next))
+        .field("NEXT_ATTEMPT_AT", next.iso())
         .emit();
     }
 }

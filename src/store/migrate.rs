@@ -8,7 +8,8 @@
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use super::{time, StoreError, StoreResult};
+use super::time::Timestamp;
+use super::{StoreError, StoreResult};
 
 /// A migration that was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +145,7 @@ fn adopt_legacy(tx: &Transaction) -> StoreResult<()> {
 fn record(tx: &Transaction, version: i64, name: &str) -> StoreResult<()> {
     tx.execute(
         "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
-        rusqlite::params![version, name, time::now_text()],
+        rusqlite::params![version, name, Timestamp::now()],
     )?;
     Ok(())
 }

@@ -8,7 +8,10 @@
 pub mod clusters;
 mod identity;
 mod migrate;
+mod row;
 pub mod runs;
+#[cfg(test)]
+mod tests;
 pub mod time;
 mod writer;
 
