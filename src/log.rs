@@ -233,11 +233,13 @@ fn report_drops() {
             Priority::Warning,
             format!("{dropped} log records were dropped because logging fell behind"),
         );
-        let _ = send_to_journal(&note).map_err(|_| eprintln!("{}", format_line(&note)));
+        if send_to_journal(&note).is_err() {
+            eprintln!("{}", format_line(&note));
+        }
     }
 }
 
-fn send_to_journal(event: &Event) -> Result<(), ()> {
+fn send_to_journal(event: &Event) -> Result<(), libsystemd::errors::SdError> {
     use libsystemd::logging::{journal_send, Priority as P};
     let priority = match event.priority {
         Priority::Error => P::Error,
@@ -256,7 +258,7 @@ fn send_to_journal(event: &Event) -> Result<(), ()> {
                 .iter()
                 .map(|(k, v)| (format!("KINDLER_{k}"), v.clone())),
         );
-    journal_send(priority, &event.message, fields).map_err(|_| ())
+    journal_send(priority, &event.message, fields)
 }
 
 /// A record as one readable line: `LEVEL message [key=value ...]`.

@@ -12,7 +12,6 @@ use sd_notify::NotifyState;
 
 use crate::log;
 use crate::store::clusters::Summary;
-use crate::store::time;
 
 /// A socket the API serves on.
 #[derive(Debug)]
@@ -203,8 +202,8 @@ pub fn status_line(summary: &Summary, now: SystemTime) -> String {
     let noun = if total == 1 { "cluster" } else { "clusters" };
     let mut line = format!("{total} {noun}: {}", parts.join(", "));
     if let Some((name, at)) = &summary.next_retry {
-        let wait = time::parse(at)
-            .and_then(|t| t.duration_since(now).ok())
+        let wait = at
+            .and_then(|t| SystemTime::from(t).duration_since(now).ok())
             .map(|d| {
                 humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
             })
@@ -228,7 +227,7 @@ mod tests {
                 (ActualState::Creating, 1),
                 (ActualState::Failed, 1),
             ],
-            next_retry: Some(("dev".into(), time::text(now + Duration::from_secs(42)))),
+            next_retry: Some(("dev".into(), Some((now + Duration::from_secs(42)).into()))),
         };
         let line = status_line(&summary, now);
         assert!(

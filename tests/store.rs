@@ -263,7 +263,8 @@ fn rows_other_tools_write_with_odd_types_do_not_break_the_api() {
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, ["wild", "odd"]);
-    // Numbers that are no time (1e300, microseconds) are shown as they are.
+    // Numbers that are no time (1e300, microseconds) are read as none, until kindler
+    // writes its own.
     let wild = env.await_state("wild", "running", 10 * SEC);
     assert!(
         wild["created_at"].as_str().unwrap().ends_with('Z'),
@@ -276,6 +277,68 @@ fn rows_other_tools_write_with_odd_types_do_not_break_the_api() {
         "1",
         "nothing stored is lost"
     );
+}
+
+#[test]
+fn run_rows_other_tools_write_with_odd_values_break_neither_history_tasks_nor_recovery() {
+    use serde_json::Value;
+    let env = Env::new();
+    let d = env.start(&[]);
+    let r = env.post("/api/clusters", r#"{"name":"dev","provider":"k3d"}"#);
+    assert_eq!(r.status, 202, "{r:?}");
+    env.await_state("dev", "running", 10 * SEC);
+    // Unfinished runs with odd values, as an operator's script might write them: one of the
+    // cluster (so the task reads it), one of no cluster kindler knows.
+    env.sqlite(
+        "INSERT INTO reconcile_runs (cluster_id, cluster_name, action, generation, attempt,
+                                     started_at, outcome, exit_code)
+              SELECT id, 'dev', 'create', 'abc', 1e300, 'soon', 'exploded', x'00'
+                FROM clusters WHERE name = 'dev';
+         INSERT INTO reconcile_runs (cluster_id, cluster_name, action, generation, attempt,
+                                     started_at)
+              VALUES ('abc', 'dev', 'rebuild', 1, 1, 1764129600);",
+    );
+    let history = env.get("/api/clusters/dev/history");
+    assert_eq!(history.status, 200, "{history:?}");
+    let runs = history.json();
+    let odd = &runs[1];
+    assert_eq!(odd["started_at"], Value::Null, "{runs}");
+    assert_eq!(odd["generation"], Value::Null, "{runs}");
+    assert_eq!(odd["attempt"], Value::Null, "{runs}");
+    assert_eq!(odd["exit_code"], Value::Null, "{runs}");
+    assert_eq!(odd["outcome"], "interrupted", "{runs}");
+    assert_eq!(runs[0]["started_at"], "2025-11-26T04:00:00.000Z", "{runs}");
+    let task = env.get("/api/tasks/reconcile-dev");
+    assert_eq!(task.status, 200, "{task:?}");
+    assert_eq!(task.json()["status"], "completed", "{task:?}");
+
+    // The next start ends them as interrupted, as any run a dead daemon left.
+    drop(d);
+    let d = env.start(&[]);
+    common::eventually(10 * SEC, "the odd runs to be ended", || {
+        (env.sqlite("SELECT COUNT(*) FROM reconcile_runs WHERE ended_at IS NULL") == "0")
+            .then_some(())
+    });
+    assert_eq!(
+        env.sqlite(
+            "SELECT group_concat(outcome) FROM reconcile_runs
+              WHERE cluster_id = 'abc' OR generation = 'abc'"
+        ),
+        "interrupted,interrupted"
+    );
+    assert!(
+        !d.log_text().contains("cannot read unfinished runs"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(env.cluster("dev").unwrap()["actual_state"], "running");
+
+    // A time another program stored that is no time is null; the row stays valid.
+    env.sqlite("UPDATE clusters SET created_at = 'soon' WHERE name = 'dev'");
+    common::eventually(5 * SEC, "the odd created_at to be read", || {
+        env.cluster("dev")?["created_at"].is_null().then_some(())
+    });
+    assert_eq!(env.get("/api/health").status, 200);
 }
 
 #[test]

@@ -19,7 +19,8 @@ use crate::app::AppRef;
 use crate::log::{ids, Event, Priority};
 use crate::model::{ClusterName, DesiredState};
 use crate::store::clusters::{self, ClusterRecord};
-use crate::store::{runs, time};
+use crate::store::runs;
+use crate::store::time::Timestamp;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -165,7 +166,7 @@ pub async fn health(app: &AppRef) -> Result<(), String> {
 /// 200 while declarations are acted on; 503 with every reason why not.
 async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
     let mut problems: Vec<ProblemView> = app.health.problems().iter().map(Into::into).collect();
-    let now = time::iso(&time::now_text());
+    let now = Timestamp::now().iso();
     if let Err(e) = health(app).await {
         problems.push(ProblemView {
             cause: "store_reads",

@@ -24,7 +24,8 @@ use crate::model::{Action, ClusterName, DesiredState, RunOutcome};
 use crate::reconciler::machine::{self, Decision};
 use crate::store::clusters::{self, ClusterRecord};
 use crate::store::runs::{self, RunRecord};
-use crate::store::{time, StoreResult};
+use crate::store::time::Timestamp;
+use crate::store::StoreResult;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskKind {
@@ -123,12 +124,12 @@ impl Facts {
         }
     }
 
-    /// When this reading's declaration was last acted on or made (text timestamps sort).
-    fn last_seen(&self) -> Option<&str> {
-        let run = self.own.as_ref().map(|r| r.started_at.as_str());
+    /// When this reading's declaration was last acted on or made.
+    fn last_seen(&self) -> Option<Timestamp> {
+        let run = self.own.as_ref().and_then(|r| r.started_at);
         let declared = self.row.as_ref().and_then(|r| match self.kind {
-            TaskKind::Create => r.created_at.as_deref(),
-            _ => r.updated_at.as_deref(),
+            TaskKind::Create => r.created_at,
+            _ => r.updated_at,
         });
         run.max(declared)
     }
@@ -211,8 +212,8 @@ impl Default for Activity {
 pub fn describe(task_id: &str, f: &Facts, now: &Activity) -> TaskStatus {
     let (verb, _, _) = verbs(f.kind.action());
     let declared_at = f.row.as_ref().and_then(|r| match f.kind {
-        TaskKind::Create => r.created_at.as_deref(),
-        _ => r.updated_at.as_deref(),
+        TaskKind::Create => r.created_at,
+        _ => r.updated_at,
     });
     let mut task = TaskStatus {
         task_id: task_id.to_owned(),
@@ -221,12 +222,12 @@ pub fn describe(task_id: &str, f: &Facts, now: &Activity) -> TaskStatus {
         message: format!("Waiting to {verb} cluster {}", f.name),
         logs: Vec::new(),
         error: None,
-        created_at: declared_at.map(time::iso),
+        created_at: declared_at.map(Timestamp::iso),
         updated_at: f
             .row
             .as_ref()
-            .and_then(|r| r.updated_at.as_deref())
-            .map(time::iso),
+            .and_then(|r| r.updated_at)
+            .map(Timestamp::iso),
         completed_at: None,
     };
     match &f.row {
@@ -257,9 +258,9 @@ fn completed(task: &mut TaskStatus, f: &Facts) {
     task.message = format!("Cluster {} {done}", f.name);
     if let Some(run) = &f.own {
         task.logs = run.output_tail.clone();
-        task.updated_at = Some(time::iso(
-            run.ended_at.as_deref().unwrap_or(&run.started_at),
-        ));
+        if let Some(moved) = run.last_moved() {
+            task.updated_at = Some(moved.iso());
+        }
     }
     task.completed_at = task.updated_at.clone();
 }
@@ -281,10 +282,10 @@ fn in_progress(task: &mut TaskStatus, f: &Facts, row: &ClusterRecord, now: &Acti
         task.message = waiting(f, row, now);
         return;
     };
-    task.updated_at = Some(time::iso(
-        run.ended_at.as_deref().unwrap_or(&run.started_at),
-    ));
-    let current = run.generation == row.generation;
+    if let Some(moved) = run.last_moved() {
+        task.updated_at = Some(moved.iso());
+    }
+    let current = run.generation == Some(row.generation);
     let headline = run
         .error
         .as_deref()
@@ -296,7 +297,10 @@ fn in_progress(task: &mut TaskStatus, f: &Facts, row: &ClusterRecord, now: &Acti
             let (_, doing, _) = verbs(run.action);
             task.status = "running";
             task.progress = 50;
-            task.message = format!("{doing} cluster {name} (attempt {})", run.attempt);
+            task.message = match run.attempt {
+                Some(attempt) => format!("{doing} cluster {name} (attempt {attempt})"),
+                None => format!("{doing} cluster {name}"),
+            };
             if run.action != f.kind.action() && run.action != Action::Probe {
                 task.message
                     .push_str(&format!("; then kindler goes on to {verb} it"));
@@ -306,10 +310,10 @@ fn in_progress(task: &mut TaskStatus, f: &Facts, row: &ClusterRecord, now: &Acti
         RunOutcome::Failed | RunOutcome::TimedOut if current => {
             task.error = run.error.clone();
             task.logs = run.output_tail.clone();
-            task.message = match row.next_attempt_at.as_deref() {
+            task.message = match row.next_attempt_at {
                 Some(next) => format!(
                     "{headline}; kindler retries at {} (attempt {})",
-                    time::iso(next),
+                    next.iso(),
                     row.attempts + 1
                 ),
                 None => format!("{headline}; kindler retries now"),
@@ -335,14 +339,9 @@ fn waiting(f: &Facts, row: &ClusterRecord, now: &Activity) -> String {
     if let Some(why) = &now.degraded {
         return format!("{base}: kindler cannot act now ({why})");
     }
-    let due = row.next_attempt_at.as_deref().and_then(time::parse);
-    if let (Some(next), Some(due)) = (row.next_attempt_at.as_deref(), due) {
-        if due > std::time::SystemTime::now() {
-            return format!(
-                "{base}: attempt {} at {}",
-                row.attempts + 1,
-                time::iso(next)
-            );
+    if let Some(next) = row.next_attempt_at {
+        if std::time::SystemTime::from(next) > std::time::SystemTime::now() {
+            return format!("{base}: attempt {} at {}", row.attempts + 1, next.iso());
         }
     }
     if now.capacity > 0 && now.running >= now.capacity {
@@ -361,6 +360,10 @@ mod tests {
 
     fn name(n: &str) -> ClusterName {
         ClusterName::parse(n).unwrap()
+    }
+
+    fn at(text: &str) -> Option<Timestamp> {
+        Some(Timestamp::parse(text).unwrap())
     }
 
     #[test]
@@ -393,8 +396,8 @@ mod tests {
             },
             desired,
             actual,
-            created_at: Some("2026-12-01 10:00:00.000".into()),
-            updated_at: Some("2026-12-01 10:00:01.000".into()),
+            created_at: at("2026-12-01 10:00:00.000"),
+            updated_at: at("2026-12-01 10:00:01.000"),
             last_reconciled_at: None,
             last_transition_at: None,
             next_attempt_at: None,
@@ -412,14 +415,14 @@ mod tests {
     fn run(action: Action, outcome: RunOutcome, generation: i64) -> RunRecord {
         RunRecord {
             id: 7,
-            cluster_id: 1,
+            cluster_id: Some(1),
             cluster_name: "dev".into(),
             action,
-            generation,
-            attempt: 2,
+            generation: Some(generation),
+            attempt: Some(2),
             outcome,
-            started_at: "2026-12-01 10:00:02.000".into(),
-            ended_at: (outcome != RunOutcome::Running).then(|| "2026-12-01 10:00:03.000".into()),
+            started_at: at("2026-12-01 10:00:02.000"),
+            ended_at: at("2026-12-01 10:00:03.000").filter(|_| outcome != RunOutcome::Running),
             duration_ms: None,
             exit_code: Some(69),
             signal: None,
@@ -459,7 +462,7 @@ mod tests {
         // start of a cluster whose create failed: the retries are creates.
         let mut r = row(D::Present, A::Failed, 1);
         r.attempts = 2;
-        r.next_attempt_at = Some("2999-01-01 00:00:00.000".into());
+        r.next_attempt_at = at("2999-01-01 00:00:00.000");
         let failed_create = run(Action::Create, RunOutcome::Failed, 1);
         let f = facts(TaskKind::Start, Some(r.clone()), None, Some(failed_create));
         let (s, message, error) = status(&f, &idle);

@@ -7,10 +7,10 @@ use crate::health::{IgnoredRow, Problem};
 use crate::model::{ActualState, AddOnStatus};
 use crate::store::clusters::ClusterRecord;
 use crate::store::runs::RunRecord;
-use crate::store::time;
+use crate::store::time::Timestamp;
 
-fn iso(t: &Option<String>) -> Option<String> {
-    t.as_deref().map(time::iso)
+fn iso(t: Option<Timestamp>) -> Option<String> {
+    t.map(Timestamp::iso)
 }
 
 #[derive(Serialize)]
@@ -56,17 +56,17 @@ impl<'a> From<&'a ClusterRecord> for ClusterInfo<'a> {
             haproxy_route: s.haproxy_route,
             register_argocd: s.register_argocd,
             status: c.actual.as_str(),
-            created_at: iso(&c.created_at),
-            updated_at: iso(&c.updated_at),
+            created_at: iso(c.created_at),
+            updated_at: iso(c.updated_at),
             desired_state: c.desired.as_str(),
             actual_state: c.actual.as_str(),
-            last_reconciled_at: iso(&c.last_reconciled_at),
+            last_reconciled_at: iso(c.last_reconciled_at),
             reconcile_error: c.reconcile_error.as_deref(),
             generation: c.generation,
             observed_generation: c.observed_generation,
             attempts: c.attempts,
-            next_attempt_at: iso(&c.next_attempt_at),
-            last_transition_at: iso(&c.last_transition_at),
+            next_attempt_at: iso(c.next_attempt_at),
+            last_transition_at: iso(c.last_transition_at),
             last_action: c.last_action.map(|a| a.as_str()),
         }
     }
@@ -153,7 +153,7 @@ impl From<&Problem> for ProblemView {
         ProblemView {
             cause: p.cause.as_str(),
             message: p.message.clone(),
-            since: time::iso(&time::text(p.since)),
+            since: Timestamp::from(p.since).iso(),
         }
     }
 }
@@ -206,9 +206,9 @@ pub struct RunView<'a> {
     pub run_id: i64,
     pub action: &'static str,
     pub outcome: &'static str,
-    pub generation: i64,
-    pub attempt: u32,
-    pub started_at: String,
+    pub generation: Option<i64>,
+    pub attempt: Option<u32>,
+    pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub duration_ms: Option<i64>,
     pub exit_code: Option<i32>,
@@ -225,8 +225,8 @@ impl<'a> From<&'a RunRecord> for RunView<'a> {
             outcome: r.outcome.as_str(),
             generation: r.generation,
             attempt: r.attempt,
-            started_at: time::iso(&r.started_at),
-            ended_at: iso(&r.ended_at),
+            started_at: iso(r.started_at),
+            ended_at: iso(r.ended_at),
             duration_ms: r.duration_ms,
             exit_code: r.exit_code,
             signal: r.signal,

@@ -31,6 +31,7 @@ use super::tasks;
 use super::Stop;
 use crate::app::AppRef;
 use crate::log;
+use crate::store::StoreError;
 
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// Subscriptions one connection may hold (the WebUI holds one per task it started).
@@ -164,8 +165,8 @@ where
                     }
                     // A new subscription is answered at once, alone.
                     if let Some(id) = new {
-                        if push(&app, &mut ws, &mut subscribed, vec![id]).await.is_err() {
-                            return;
+                        if let Err(e) = push(&app, &mut ws, &mut subscribed, vec![id]).await {
+                            return e.note();
                         }
                     }
                 }
@@ -183,8 +184,8 @@ where
                     .collect();
                 dirty = Dirty::None;
                 next_look = Instant::now() + LOOK_EVERY;
-                if push(&app, &mut ws, &mut subscribed, ids).await.is_err() {
-                    return;
+                if let Err(e) = push(&app, &mut ws, &mut subscribed, ids).await {
+                    return e.note();
                 }
             }
         }
@@ -227,6 +228,25 @@ fn error(message: &str) -> String {
     serde_json::json!({"type": "error", "message": message}).to_string()
 }
 
+/// Why updates could not be pushed; either ends the connection.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    #[error("WebSocket task lookup failed: {0}")]
+    Lookup(#[from] StoreError),
+    #[error("cannot send a task update: {0}")]
+    Send(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+impl PushError {
+    /// Logs why the connection ends: a lookup that failed (health reports the store's state;
+    /// this is for debugging); a client that went away is nothing to report.
+    fn note(self) {
+        if let PushError::Lookup(_) = self {
+            log::debug(&self.to_string());
+        }
+    }
+}
+
 /// Looks up the tasks `ids` and sends an update for each whose status changed since the
 /// last one sent.
 async fn push<S>(
@@ -234,7 +254,7 @@ async fn push<S>(
     ws: &mut WebSocketStream<S>,
     subscribed: &mut HashMap<String, Sent>,
     ids: Vec<String>,
-) -> Result<(), ()>
+) -> Result<(), PushError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -248,8 +268,7 @@ where
                 .map(|id| Ok((tasks::facts(conn, &id)?, id)))
                 .collect::<Result<Vec<_>, _>>()
         })
-        .await
-        .map_err(|e| log::debug(&format!("WebSocket task lookup failed: {e}")))?;
+        .await?;
     for (facts, id) in found {
         let Some(facts) = facts else { continue };
         let status = tasks::describe(&id, &facts, &super::routes::activity(app, &facts));
@@ -260,9 +279,7 @@ where
         };
         sent.running = running;
         if sent.update.as_deref() != Some(update.as_str()) {
-            ws.send(Message::text(update.clone()))
-                .await
-                .map_err(|_| ())?;
+            ws.send(Message::text(update.clone())).await?;
             sent.update = Some(update);
         }
     }

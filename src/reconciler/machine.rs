@@ -40,7 +40,6 @@ use std::time::{Duration, SystemTime};
 use crate::model::{Action, ActualState as A, DesiredState as D, ProbeReport, RunOutcome};
 use crate::runner::Ending;
 use crate::store::clusters::ClusterRecord;
-use crate::store::time;
 
 /// After this many failed starts in a row kindler creates the cluster instead: its
 /// containers may be gone (removed while it was stopped), and a create script copes with a
@@ -71,7 +70,7 @@ pub struct Policy {
 /// What to do about a cluster now.
 pub fn look(c: &ClusterRecord, now: SystemTime, policy: Policy) -> Decision {
     if policy.honour_timers {
-        if let Some(due) = c.next_attempt_at.as_deref().and_then(time::parse) {
+        if let Some(due) = c.next_attempt_at.map(SystemTime::from) {
             if due > now {
                 return Decision::At(due);
             }
@@ -99,7 +98,7 @@ fn resync(c: &ClusterRecord, now: SystemTime, policy: Policy) -> Decision {
     if !policy.honour_timers {
         return Decision::Act(Action::Probe);
     }
-    match c.last_reconciled_at.as_deref().and_then(time::parse) {
+    match c.last_reconciled_at.map(SystemTime::from) {
         Some(last) if last + policy.resync > now => Decision::At(last + policy.resync),
         _ => Decision::Act(Action::Probe),
     }
@@ -387,12 +386,12 @@ mod tests {
     fn running_clusters_are_probed_once_per_resync() {
         let now = SystemTime::now();
         let mut c = record(D::Present, A::Running, Some(Action::Create));
-        c.last_reconciled_at = Some(time::text(now - Duration::from_secs(10)));
+        c.last_reconciled_at = Some((now - Duration::from_secs(10)).into());
         match look(&c, now, DAEMON) {
             Decision::At(t) => assert!(t > now && t <= now + DAEMON.resync),
             other => panic!("expected a wait, got {other:?}"),
         }
-        c.last_reconciled_at = Some(time::text(now - Duration::from_secs(301)));
+        c.last_reconciled_at = Some((now - Duration::from_secs(301)).into());
         assert_eq!(look(&c, now, DAEMON), Decision::Act(Action::Probe));
     }
 
@@ -400,7 +399,7 @@ mod tests {
     fn backoff_is_honoured_by_the_daemon_but_not_by_a_one_off_pass() {
         let now = SystemTime::now();
         let mut c = record(D::Present, A::Failed, Some(Action::Create));
-        c.next_attempt_at = Some(time::text(now + Duration::from_secs(60)));
+        c.next_attempt_at = Some((now + Duration::from_secs(60)).into());
         assert!(matches!(look(&c, now, DAEMON), Decision::At(_)));
         let once = Policy {
             honour_timers: false,

@@ -11,7 +11,8 @@ use crate::log::{ids, Event, Priority};
 use crate::model::{Action, ActualState, DesiredState, RunOutcome};
 use crate::runner::Exit;
 use crate::store::clusters::{self, ActionResult, ClusterRecord};
-use crate::store::{runs, time, StoreResult};
+use crate::store::time::Timestamp;
+use crate::store::{runs, StoreResult};
 
 /// What `record_end` did to the row, for the log.
 #[derive(Debug, Default)]
@@ -106,7 +107,7 @@ fn apply(
                     actual: *actual,
                     error: error.clone(),
                     attempts: *attempts,
-                    next_attempt_at: next_attempt_at.map(time::text),
+                    next_attempt_at: next_attempt_at.map(Timestamp::from),
                     observed_generation: *observed_generation,
                     probe: *probe,
                 },
@@ -206,21 +207,21 @@ pub(super) fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
     }
     if let Some(next) = end.next_attempt_at {
         let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
-        let next = time::text(next);
+        let next = Timestamp::from(next);
         Event::new(
             Priority::Info,
             format!(
                 "cluster {name}: retry {} of {action} in {} (at {})",
                 end.attempts + 1,
                 humantime::format_duration(Duration::from_secs(wait.as_secs())),
-                time::iso(&next)
+                next.iso()
             ),
         )
         .id(ids::RETRY_SCHEDULED)
         .field("CLUSTER", name)
         .field("ACTION", action)
         .field("ATTEMPT", end.attempts + 1)
-        .field("NEXT_ATTEMPT_AT", time::iso(&next))
+        .field("NEXT_ATTEMPT_AT", next.iso())
         .emit();
     }
 }

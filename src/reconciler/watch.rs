@@ -10,7 +10,7 @@ use super::{machine, CancelReason, Found, Mode, Reconciler};
 use crate::health::Cause;
 use crate::log::{self, ids, Event, Priority};
 use crate::model::{ActualState, DesiredState};
-use crate::store::{clusters, runs, time};
+use crate::store::{clusters, runs};
 use crate::systemd;
 
 /// How often old history is pruned.
@@ -49,7 +49,7 @@ impl Reconciler {
             let converged = self.mode == Mode::Daemon
                 && row.actual == ActualState::Running
                 && row.desired == Some(DesiredState::Present);
-            let due = match row.last_reconciled_at.as_deref().and_then(time::parse) {
+            let due = match row.last_reconciled_at.map(std::time::SystemTime::from) {
                 Some(last) if converged => self.app.clock.instant_at(last + resync),
                 _ => now,
             };

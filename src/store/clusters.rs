@@ -2,24 +2,31 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use super::{time, StoreResult};
+use super::row::{self, RowReader, Unreadable};
+use super::time::Timestamp;
+use super::StoreResult;
 use crate::model::{
     defaults, Action, ActualState, AddOnStatus, ClusterName, ClusterSpec, DesiredState,
     ProbeReport, Provider,
 };
 
 /// One row of `clusters`, parsed.
+///
+/// A timestamp column whose value is no time at all (text like `'soon'`, a number beyond
+/// year 9999 such as 1e300 or microseconds) is read as `None`: the row stays valid, the
+/// API shows `null`, and the reconciler treats it as unset (no backoff to wait for, no
+/// resync done). kindler writes its own times over such values as it acts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterRecord {
     pub id: i64,
     pub spec: ClusterSpec,
     pub desired: DesiredState,
     pub actual: ActualState,
-    pub created_at: Option<String>,
-    pub updated_at: Option<String>,
-    pub last_reconciled_at: Option<String>,
-    pub last_transition_at: Option<String>,
-    pub next_attempt_at: Option<String>,
+    pub created_at: Option<Timestamp>,
+    pub updated_at: Option<Timestamp>,
+    pub last_reconciled_at: Option<Timestamp>,
+    pub last_transition_at: Option<Timestamp>,
+    pub next_attempt_at: Option<Timestamp>,
     pub reconcile_error: Option<String>,
     pub generation: i64,
     pub observed_generation: i64,
@@ -57,148 +64,81 @@ const COLUMNS: &str = "id, name, provider, subnet, node_port, pf_port, http_port
      reconcile_error, generation, observed_generation, attempts, last_action, \
      nodes_ready, nodes_total, portainer_status, argocd_status";
 
-/// Parses a row. Other programs write this table with the `sqlite3` command, and SQLite
-/// keeps whatever type they wrote (`pf_port = ''`, `created_at = strftime('%s')`): such a
-/// row becomes an [`InvalidRow`] (or, for a timestamp, is read as Unix seconds) rather
-/// than an error that would fail every query touching the table.
 fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
-    use rusqlite::Error as E;
-    match parse_row(row) {
-        Err(
-            e @ (E::InvalidColumnType(..)
-            | E::FromSqlConversionFailure(..)
-            | E::IntegralValueOutOfRange(..)),
-        ) => Ok(Err(InvalidRow {
-            id: row.get(0)?,
-            name: text_of(row, 1)?.unwrap_or_default(),
-            reason: unreadable(&e),
-        })),
-        parsed => parsed,
-    }
+    row::read(row, cluster)
 }
 
-fn unreadable(e: &rusqlite::Error) -> String {
-    match e {
-        rusqlite::Error::InvalidColumnType(_, column, ty) => {
-            format!("column {column} holds a value of type {ty}, which kindler cannot read")
-        }
-        other => other.to_string(),
-    }
-}
-
-/// A text column, whatever storage class the value has (numbers are written out).
-fn text_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
-    use rusqlite::types::ValueRef;
-    Ok(match row.get_ref(idx)? {
-        ValueRef::Null => None,
-        ValueRef::Integer(i) => Some(i.to_string()),
-        ValueRef::Real(f) => Some(f.to_string()),
-        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
-    })
-}
-
-/// A timestamp column: SQLite's text form, or Unix seconds as `strftime('%s')` writes them.
-/// A number that is no such time is passed on as text (the API shows it as it is).
-fn timestamp_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
-    use rusqlite::types::ValueRef;
-    let seconds = match row.get_ref(idx)? {
-        ValueRef::Integer(i) => i as f64,
-        ValueRef::Real(f) => f,
-        _ => return text_of(row, idx),
-    };
-    match time::text_of_unix_seconds(seconds) {
-        Some(text) => Ok(Some(text)),
-        None => text_of(row, idx),
-    }
-}
-
-/// A boolean column: 0/1 as kindler writes it, or `true`/`false` as a script might.
-fn flag_of(row: &Row, idx: usize) -> rusqlite::Result<bool> {
-    match text_of(row, idx)?.as_deref() {
-        Some("0") | Some("false") => Ok(false),
-        Some("1") | Some("true") | None => Ok(true),
-        Some(_) => row.get(idx),
-    }
-}
-
-fn parse_row(row: &Row) -> rusqlite::Result<Parsed> {
-    let id: i64 = row.get(0)?;
-    let raw_name = text_of(row, 1)?.unwrap_or_default();
+/// Reads a row of `clusters` (selected with [`COLUMNS`]). Other programs write this table
+/// with the `sqlite3` command, and SQLite keeps whatever type they wrote (`pf_port = ''`,
+/// `created_at = strftime('%s')`). A value kindler needs and cannot read (a name that is
+/// not a name, a port that is not one, a generation that is not a number) makes the row an
+/// [`InvalidRow`], reported and left alone, rather than an error that would fail every
+/// query touching the table; what is only shown (nodes, add-ons, times) is read as unknown.
+fn cluster(r: &RowReader) -> Parsed {
+    let id = r.key("id");
+    let raw_name = r.text("name").unwrap_or_default();
     let invalid = |reason: String| InvalidRow {
         id,
         name: raw_name.clone(),
         reason,
     };
-    let name = match ClusterName::parse(&raw_name) {
-        Ok(n) => n,
-        Err(e) => return Ok(Err(invalid(e.to_string()))),
+    let unreadable = |e: Unreadable| invalid(e.to_string());
+    let name = ClusterName::parse(&raw_name).map_err(|e| invalid(e.to_string()))?;
+    let provider = (r.text("provider").unwrap_or_default())
+        .parse::<Provider>()
+        .map_err(|e| invalid(format!("provider {e}")))?;
+    // An empty value (a shell variable that was not set) means the default port.
+    let port = |column, default| match r.integer(column) {
+        Ok(None) => Ok(default),
+        Ok(Some(p)) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(unreadable(r.unreadable(column, "a port (1–65535)"))),
     };
-    let provider_text = text_of(row, 2)?.unwrap_or_default();
-    let provider = match provider_text.parse::<Provider>() {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(invalid(format!("provider {e}")))),
-    };
-    let mut ports = [0u16; 4];
-    let port_defaults = [
-        defaults::NODE_PORT,
-        defaults::PF_PORT,
-        defaults::HTTP_PORT,
-        defaults::HTTPS_PORT,
-    ];
-    for (i, slot) in ports.iter_mut().enumerate() {
-        // An empty value (a shell variable that was not set) means the default port.
-        let text = text_of(row, 4 + i)?.filter(|t| !t.trim().is_empty());
-        *slot = match text {
-            None => port_defaults[i],
-            Some(t) => match t.trim().parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => return Ok(Err(invalid(format!("{t:?} is not a port (1–65535)")))),
-            },
-        };
-    }
-    let desired_text = text_of(row, 11)?;
-    let desired = match desired_text.as_deref() {
+    // An unset flag is on, as the column's default has it.
+    let flag = |column| Ok::<_, InvalidRow>(r.flag(column).map_err(unreadable)?.unwrap_or(true));
+    let desired = match r.text("desired_state").filter(|t| !t.trim().is_empty()) {
         None => DesiredState::Present,
-        Some(t) => match t.parse() {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(invalid(format!("desired_state {e}")))),
-        },
+        Some(t) => t
+            .parse()
+            .map_err(|e| invalid(format!("desired_state {e}")))?,
     };
-    let actual_text = text_of(row, 12)?;
-    let last_action = text_of(row, 22)?;
-    Ok(Ok(ClusterRecord {
+    let time = |column| r.timestamp(column).ok().flatten();
+    let count = |column| r.integer(column).ok().flatten();
+    Ok(ClusterRecord {
         id,
         spec: ClusterSpec {
             name,
             provider,
-            node_port: ports[0],
-            pf_port: ports[1],
-            http_port: ports[2],
-            https_port: ports[3],
-            cluster_subnet: text_of(row, 3)?.filter(|s| !s.is_empty()),
-            register_portainer: flag_of(row, 8)?,
-            haproxy_route: flag_of(row, 9)?,
-            register_argocd: flag_of(row, 10)?,
+            node_port: port("node_port", defaults::NODE_PORT)?,
+            pf_port: port("pf_port", defaults::PF_PORT)?,
+            http_port: port("http_port", defaults::HTTP_PORT)?,
+            https_port: port("https_port", defaults::HTTPS_PORT)?,
+            cluster_subnet: r.text("subnet").filter(|s| !s.is_empty()),
+            register_portainer: flag("register_portainer")?,
+            haproxy_route: flag("haproxy_route")?,
+            register_argocd: flag("register_argocd")?,
         },
         desired,
-        actual: ActualState::from_stored(actual_text.as_deref()),
-        created_at: timestamp_of(row, 13)?,
-        updated_at: timestamp_of(row, 14)?,
-        last_reconciled_at: timestamp_of(row, 15)?,
-        last_transition_at: timestamp_of(row, 16)?,
-        next_attempt_at: timestamp_of(row, 17)?,
-        reconcile_error: text_of(row, 18)?,
-        generation: row.get(19)?,
-        observed_generation: row.get(20)?,
-        attempts: row.get::<_, i64>(21)?.clamp(0, u32::MAX as i64) as u32,
-        last_action: last_action.and_then(|a| a.parse().ok()),
-        nodes_ready: row.get(23)?,
-        nodes_total: row.get(24)?,
+        actual: ActualState::from_stored(r.text("actual_state").as_deref()),
+        created_at: time("created_at"),
+        updated_at: time("updated_at"),
+        last_reconciled_at: time("last_reconciled_at"),
+        last_transition_at: time("last_transition_at"),
+        next_attempt_at: time("next_attempt_at"),
+        reconcile_error: r.text("reconcile_error"),
+        generation: r.required_integer("generation").map_err(unreadable)?,
+        observed_generation: r
+            .required_integer("observed_generation")
+            .map_err(unreadable)?,
+        attempts: (r.required_integer("attempts").map_err(unreadable)?).clamp(0, u32::MAX as i64)
+            as u32,
+        last_action: r.text("last_action").and_then(|a| a.parse().ok()),
+        nodes_ready: count("nodes_ready"),
+        nodes_total: count("nodes_total"),
         add_ons: AddOnStatus::from_stored(
-            text_of(row, 25)?.as_deref(),
-            text_of(row, 26)?.as_deref(),
+            r.text("portainer_status").as_deref(),
+            r.text("argocd_status").as_deref(),
         ),
-    }))
+    })
 }
 
 /// Every row, newest first.
@@ -242,7 +182,7 @@ pub fn port_holder(
                 CASE WHEN pf_port = ?1 THEN 'pf_port'
                      WHEN http_port = ?1 THEN 'http_port'
                      WHEN https_port = ?1 THEN 'https_port'
-                     ELSE 'node_port' END
+                     ELSE 'node_port' END AS field
            FROM clusters
           WHERE desired_state IS NOT 'absent'
             AND (pf_port = ?1 OR http_port = ?1 OR https_port = ?1
@@ -251,7 +191,10 @@ pub fn port_holder(
     )?;
     let found = stmt
         .query_row(params![port, is_node_port], |r| {
-            Ok((text_of(r, 0)?.unwrap_or_default(), r.get::<_, String>(1)?))
+            Ok((
+                row::read(r, |r| r.text("name").unwrap_or_default())?,
+                r.get::<_, String>("field")?,
+            ))
         })
         .optional()?;
     Ok(found.map(|(name, field)| {
@@ -268,20 +211,20 @@ pub fn port_holder(
 /// Ports between `first` and `last` that some live cluster holds, in any field.
 pub fn ports_in_use(conn: &Connection, first: u16, last: u16) -> StoreResult<Vec<u16>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT pf_port FROM clusters WHERE desired_state IS NOT 'absent' AND pf_port BETWEEN ?1 AND ?2
+        "SELECT pf_port AS port FROM clusters WHERE desired_state IS NOT 'absent' AND pf_port BETWEEN ?1 AND ?2
          UNION SELECT http_port FROM clusters WHERE desired_state IS NOT 'absent' AND http_port BETWEEN ?1 AND ?2
          UNION SELECT https_port FROM clusters WHERE desired_state IS NOT 'absent' AND https_port BETWEEN ?1 AND ?2
          UNION SELECT node_port FROM clusters WHERE desired_state IS NOT 'absent' AND node_port BETWEEN ?1 AND ?2",
     )?;
     let ports = stmt
-        .query_map(params![first, last], |r| r.get::<_, i64>(0))?
+        .query_map(params![first, last], |r| r.get::<_, i64>("port"))?
         .filter_map(|p| p.ok().and_then(|p| u16::try_from(p).ok()))
         .collect();
     Ok(ports)
 }
 
 pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
-    let now = time::now_text();
+    let now = Timestamp::now();
     // The change number is taken here rather than by the insert trigger, which would
     // rewrite the new row right after inserting it (the trigger leaves a row alone whose
     // number is the counter's).
@@ -314,7 +257,7 @@ pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
 fn next_change_seq(tx: &Transaction) -> StoreResult<i64> {
     Ok(tx
         .prepare_cached("UPDATE change_counter SET value = value + 1 RETURNING value")?
-        .query_row([], |r| r.get(0))?)
+        .query_row([], |r| r.get("value"))?)
 }
 
 /// Declares a desired state: the user's word, even when it is the state already declared.
@@ -342,14 +285,14 @@ pub fn changed_since(conn: &Connection, after: i64) -> StoreResult<(i64, Vec<i64
         "SELECT id FROM clusters WHERE change_seq > ?1 AND change_seq <= ?2 ORDER BY change_seq",
     )?;
     let ids = stmt
-        .query_map([after, top], |r| r.get(0))?
+        .query_map([after, top], |r| r.get("id"))?
         .collect::<Result<_, _>>()?;
     Ok((top, ids))
 }
 
 /// The newest change number handed out (the feed's numbers only grow).
 pub fn change_counter(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row("SELECT value FROM change_counter", [], |r| r.get(0))?)
+    Ok(conn.query_row("SELECT value FROM change_counter", [], |r| r.get("value"))?)
 }
 
 /// Rows whose change number kindler did not hand out (text, NULL, or above the counter):
@@ -362,11 +305,13 @@ pub fn odd_change_numbers(conn: &Connection) -> StoreResult<Vec<(i64, String, St
     )?;
     let rows = stmt
         .query_map([top], |r| {
-            Ok((
-                r.get(0)?,
-                text_of(r, 1)?.unwrap_or_default(),
-                text_of(r, 2)?.unwrap_or_else(|| "NULL".into()),
-            ))
+            row::read(r, |r| {
+                (
+                    r.key("id"),
+                    r.text("name").unwrap_or_default(),
+                    r.text("change_seq").unwrap_or_else(|| "NULL".into()),
+                )
+            })
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
@@ -382,7 +327,7 @@ pub fn renumber(tx: &Transaction, id: i64) -> StoreResult<()> {
 
 /// An action begins: the cluster enters the action's in-progress state.
 pub fn begin_action(tx: &Transaction, id: i64, action: Action) -> StoreResult<()> {
-    let now = time::now_text();
+    let now = Timestamp::now();
     match action.in_progress_state() {
         Some(state) => tx
             .prepare_cached(
@@ -404,14 +349,14 @@ pub struct ActionResult {
     pub actual: ActualState,
     pub error: Option<String>,
     pub attempts: u32,
-    pub next_attempt_at: Option<String>,
+    pub next_attempt_at: Option<Timestamp>,
     pub observed_generation: i64,
     /// Set when the action ended with a successful probe; otherwise the row keeps its values.
     pub probe: Option<ProbeReport>,
 }
 
 pub fn finish_action(tx: &Transaction, id: i64, r: &ActionResult) -> StoreResult<()> {
-    let now = time::now_text();
+    let now = Timestamp::now();
     let nodes = r.probe.and_then(|p| p.nodes);
     tx.prepare_cached(
         "UPDATE clusters
@@ -445,7 +390,7 @@ pub fn finish_action(tx: &Transaction, id: i64, r: &ActionResult) -> StoreResult
 pub fn forget(tx: &Transaction, name: &str) -> StoreResult<Option<i64>> {
     Ok(tx
         .prepare_cached("DELETE FROM clusters WHERE name = ?1 RETURNING id")?
-        .query_row([name], |r| r.get(0))
+        .query_row([name], |r| r.get("id"))
         .optional()?)
 }
 
@@ -472,7 +417,7 @@ pub fn mark_interrupted(
             "UPDATE clusters SET reconcile_error = ?2, updated_at = ?3
               WHERE id = ?1 AND actual_state = ?4",
         )?
-        .execute(params![id, message, time::now_text(), in_progress.as_str()])?;
+        .execute(params![id, message, Timestamp::now(), in_progress.as_str()])?;
     Ok(n > 0)
 }
 
@@ -484,7 +429,7 @@ pub struct ScheduleRow {
     /// `None` when the stored value is not a desired state (the row is looked at, and
     /// reported, when it is due).
     pub desired: Option<DesiredState>,
-    pub last_reconciled_at: Option<String>,
+    pub last_reconciled_at: Option<Timestamp>,
 }
 
 pub fn schedule_rows(conn: &Connection) -> StoreResult<Vec<ScheduleRow>> {
@@ -492,15 +437,15 @@ pub fn schedule_rows(conn: &Connection) -> StoreResult<Vec<ScheduleRow>> {
         conn.prepare("SELECT id, actual_state, desired_state, last_reconciled_at FROM clusters")?;
     let rows = stmt
         .query_map([], |r| {
-            Ok(ScheduleRow {
-                id: r.get(0)?,
-                actual: ActualState::from_stored(text_of(r, 1)?.as_deref()),
-                // NULL is the column's default, as in a full row.
-                desired: match text_of(r, 2)? {
+            row::read(r, |r| ScheduleRow {
+                id: r.key("id"),
+                actual: ActualState::from_stored(r.text("actual_state").as_deref()),
+                // NULL (or '') is the column's default, as in a full row.
+                desired: match r.text("desired_state") {
                     None => Some(DesiredState::Present),
                     Some(text) => text.parse().ok(),
                 },
-                last_reconciled_at: timestamp_of(r, 3)?,
+                last_reconciled_at: r.timestamp("last_reconciled_at").ok().flatten(),
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -513,15 +458,19 @@ pub struct Summary {
     /// In the order of [`ActualState::ALL`]; a value kindler does not know counts as unknown,
     /// as the API shows it.
     pub by_state: Vec<(ActualState, i64)>,
-    pub next_retry: Option<(String, String)>,
+    /// The cluster and its time; `None` when the value there is no time (the retry is due).
+    pub next_retry: Option<(String, Option<Timestamp>)>,
 }
 
 pub fn summary(conn: &Connection) -> StoreResult<Summary> {
     let mut stmt = conn.prepare_cached(
-        "SELECT COALESCE(actual_state, 'unknown'), COUNT(*) FROM clusters GROUP BY 1 ORDER BY 1",
+        "SELECT COALESCE(actual_state, 'unknown') AS state, COUNT(*) AS n
+           FROM clusters GROUP BY 1 ORDER BY 1",
     )?;
     let mut counts = std::collections::HashMap::new();
-    for row in stmt.query_map([], |r| Ok((text_of(r, 0)?, r.get::<_, i64>(1)?)))? {
+    for row in stmt.query_map([], |r| {
+        Ok((row::read(r, |r| r.text("state"))?, r.get::<_, i64>("n")?))
+    })? {
         let (state, n) = row?;
         *counts
             .entry(ActualState::from_stored(state.as_deref()))
@@ -537,10 +486,12 @@ pub fn summary(conn: &Connection) -> StoreResult<Summary> {
               ORDER BY next_attempt_at LIMIT 1",
         )?
         .query_row([], |r| {
-            Ok((
-                text_of(r, 0)?.unwrap_or_default(),
-                timestamp_of(r, 1)?.unwrap_or_default(),
-            ))
+            row::read(r, |r| {
+                (
+                    r.text("name").unwrap_or_default(),
+                    r.timestamp("next_attempt_at").ok().flatten(),
+                )
+            })
         })
         .optional()?;
     Ok(Summary {

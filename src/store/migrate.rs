@@ -8,7 +8,8 @@
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use super::{time, StoreError, StoreResult};
+use super::time::Timestamp;
+use super::{StoreError, StoreResult};
 
 /// A migration that was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,16 +80,16 @@ pub fn run(conn: &mut Connection) -> StoreResult<Vec<Migration>> {
          )",
     )?;
     let mut current: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        "SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations",
         [],
-        |r| r.get(0),
+        |r| r.get("version"),
     )?;
     let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > newest {
-        return Err(StoreError::Unavailable(format!(
-            "the database schema is at version {current}, newer than this kindler knows \
-             ({newest}); install a newer kindler"
-        )));
+        return Err(StoreError::NewerSchema {
+            found: current,
+            known: newest,
+        });
     }
     let mut applied = Vec::new();
     if current == 0 && table_exists(&tx, "clusters")? {
@@ -100,9 +101,12 @@ pub fn run(conn: &mut Connection) -> StoreResult<Vec<Migration>> {
         });
     }
     for &(version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        tx.execute_batch(sql).map_err(|e| {
-            StoreError::Unavailable(format!("migration {version:04}_{name} failed: {e}"))
-        })?;
+        tx.execute_batch(sql)
+            .map_err(|source| StoreError::Migration {
+                version,
+                name,
+                source,
+            })?;
         record(&tx, version, name)?;
         applied.push(Migration { version, name });
     }
@@ -111,22 +115,28 @@ pub fn run(conn: &mut Connection) -> StoreResult<Vec<Migration>> {
 }
 
 fn adopt_legacy(tx: &Transaction) -> StoreResult<()> {
+    let (version, name, sql) = MIGRATIONS[0];
+    let failed = |source| StoreError::Migration {
+        version,
+        name,
+        source,
+    };
     // Creates whatever legacy table is missing (an old file may have only `clusters`).
-    tx.execute_batch(MIGRATIONS[0].2)?;
+    tx.execute_batch(sql).map_err(failed)?;
     let present = columns(tx, "clusters")?;
     // Without these kindler cannot tell one cluster from another: refuse, untouched.
     for required in ["id", "name", "provider"] {
         if !present.iter().any(|c| c == required) {
-            return Err(StoreError::Unavailable(format!(
-                "the existing clusters table has no column {required}; kindler cannot adopt it \
-                 (columns: {})",
-                present.join(", ")
-            )));
+            return Err(StoreError::NotAdoptable {
+                missing: required,
+                columns: present,
+            });
         }
     }
     for (column, decl) in LEGACY_OPTIONAL_COLUMNS {
         if !present.iter().any(|c| c == column) {
-            tx.execute_batch(&format!("ALTER TABLE clusters ADD COLUMN {column} {decl}"))?;
+            tx.execute_batch(&format!("ALTER TABLE clusters ADD COLUMN {column} {decl}"))
+                .map_err(failed)?;
         }
     }
     record(tx, 1, "legacy_schema (adopted)")
@@ -135,23 +145,23 @@ fn adopt_legacy(tx: &Transaction) -> StoreResult<()> {
 fn record(tx: &Transaction, version: i64, name: &str) -> StoreResult<()> {
     tx.execute(
         "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
-        rusqlite::params![version, name, time::now_text()],
+        rusqlite::params![version, name, Timestamp::now()],
     )?;
     Ok(())
 }
 
 fn table_exists(tx: &Transaction, table: &str) -> StoreResult<bool> {
     Ok(tx.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?1",
         [table],
-        |r| r.get::<_, i64>(0),
+        |r| r.get::<_, i64>("n"),
     )? > 0)
 }
 
 fn columns(tx: &Transaction, table: &str) -> StoreResult<Vec<String>> {
     let mut stmt = tx.prepare(&format!("PRAGMA table_info({table})"))?;
     let names = stmt
-        .query_map([], |r| r.get::<_, String>(1))?
+        .query_map([], |r| r.get::<_, String>("name"))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(names)
 }

@@ -8,7 +8,10 @@
 pub mod clusters;
 mod identity;
 mod migrate;
+mod row;
 pub mod runs;
+#[cfg(test)]
+mod tests;
 pub mod time;
 mod writer;
 
@@ -26,46 +29,82 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reader connections kept open; more readers wait for one to come back.
 const READERS: usize = 4;
 
-#[derive(Debug)]
+/// Why the store could not do what it was asked. Each variant's text is meant for the
+/// user (the API answers it, health and the journal show it); the underlying error is its
+/// `source()`.
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    Sqlite(rusqlite::Error),
+    /// A statement, a transaction or a commit failed. Shared (`Arc`): a failed group commit
+    /// answers every write of the group with it (see `writer.rs`).
+    #[error("{}", describe_sqlite(.0))]
+    Sqlite(#[source] Arc<rusqlite::Error>),
     /// The file at the database's path is no longer the one kindler has open (see
     /// [`identity`]): what kindler wrote now would not be found by its next start.
+    #[error(
+        "{0}; kindler no longer writes to its database, because its next start would not \
+         find what it wrote: put the file back, or restart kindler to use the file now at \
+         that path"
+    )]
     FileReplaced(String),
-    /// The blocking task could not run (the runtime is shutting down).
-    Unavailable(String),
+    /// A migration's SQL failed; its transaction was rolled back, the file is unchanged.
+    #[error("migration {version:04}_{name} failed: {source}")]
+    Migration {
+        version: i64,
+        name: &'static str,
+        source: rusqlite::Error,
+    },
+    /// The file's schema was written by a newer kindler.
+    #[error(
+        "the database schema is at version {found}, newer than this kindler knows ({known}); \
+         install a newer kindler"
+    )]
+    NewerSchema { found: i64, known: i64 },
+    /// A file of the old backend whose `clusters` table lacks a column kindler needs.
+    #[error(
+        "the existing clusters table has no column {missing}; kindler cannot adopt it \
+         (columns: {})",
+        .columns.join(", ")
+    )]
+    NotAdoptable {
+        missing: &'static str,
+        columns: Vec<String>,
+    },
+    /// SQLite opened the file read-only (it does so without a word when it may not write).
+    #[error("the database is read-only (check the permissions of the file and its directory)")]
+    ReadOnly,
+    /// The writer thread is gone (it panicked); no write can be made until a restart.
+    #[error("the database writer has stopped")]
+    WriterGone,
+    /// The writer thread could not be started.
+    #[error("cannot start the database writer thread: {0}")]
+    WriterStart(#[source] std::io::Error),
+    /// A file-system call about the database's files failed.
+    #[error("cannot {doing} {}: {source}", .path.display())]
+    Io {
+        doing: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use rusqlite::ErrorCode as C;
-        match self {
-            StoreError::Sqlite(e) => match e.sqlite_error_code() {
-                Some(C::DatabaseBusy | C::DatabaseLocked) => write!(
-                    f,
-                    "the database is locked by another program (kindler waited {}s)",
-                    BUSY_TIMEOUT.as_secs()
-                ),
-                Some(C::DiskFull) => write!(f, "the disk is full ({e})"),
-                Some(C::ReadOnly) => write!(f, "the database cannot be written ({e})"),
-                _ => write!(f, "database error: {e}"),
-            },
-            StoreError::FileReplaced(what) => write!(
-                f,
-                "{what}; kindler no longer writes to its database, because its next start \
-                 would not find what it wrote: put the file back, or restart kindler to use \
-                 the file now at that path"
-            ),
-            StoreError::Unavailable(e) => write!(f, "database unavailable: {e}"),
-        }
+/// What a failed statement means to the user: a lock held by another program and a full
+/// disk are the failures worth telling apart.
+fn describe_sqlite(e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseBusy | C::DatabaseLocked) => format!(
+            "the database is locked by another program (kindler waited {}s)",
+            BUSY_TIMEOUT.as_secs()
+        ),
+        Some(C::DiskFull) => format!("the disk is full ({e})"),
+        Some(C::ReadOnly) => format!("the database cannot be written ({e})"),
+        _ => format!("database error: {e}"),
     }
 }
 
-impl std::error::Error for StoreError {}
-
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e)
+        StoreError::Sqlite(Arc::new(e))
     }
 }
 
@@ -93,8 +132,10 @@ impl Store {
     /// Returns the store and the migrations that were applied now.
     pub fn open(path: &Path) -> StoreResult<(Store, Vec<Migration>)> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                doing: "create",
+                path: dir.to_owned(),
+                source,
             })?;
         }
         let mut writer = connect(
@@ -106,18 +147,19 @@ impl Store {
         // SQLite opens a file it may not write read-only, without a word; kindler would then
         // answer reads and fail every declaration.
         if writer.is_readonly("main")? {
-            return Err(StoreError::Unavailable(
-                "the database is read-only (check the permissions of the file and its directory)"
-                    .into(),
-            ));
+            return Err(StoreError::ReadOnly);
         }
         writer.pragma_update(None, "page_size", 1024)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         let applied = migrate::run(&mut writer)?;
         let version = data_version(&writer)?;
-        let identity = Arc::new(identity::Identity::of(path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot look at {}: {e}", path.display()))
-        })?);
+        let identity = Arc::new(
+            identity::Identity::of(path).map_err(|source| StoreError::Io {
+                doing: "look at",
+                path: path.to_owned(),
+                source,
+            })?,
+        );
         let epoch = Arc::new(Epoch::default());
         let store = Store {
             inner: Arc::new(Inner {
@@ -248,7 +290,7 @@ fn connect(path: &Path, flags: OpenFlags) -> StoreResult<Connection> {
 }
 
 fn data_version(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get("data_version"))?)
 }
 
 async fn blocking<T, F>(f: F) -> StoreResult<T>

@@ -4,21 +4,30 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use super::{time, StoreResult};
+use super::row::{self, RowReader};
+use super::time::Timestamp;
+use super::StoreResult;
 use crate::model::{Action, RunOutcome};
 
 /// A run as the history keeps it.
+///
+/// kindler writes every run row itself, but other programs can write the table too; a
+/// value that cannot be read is `None` (or, for the action and outcome, as said below), so
+/// one odd row never fails the history, the tasks or the recovery at start-up. A
+/// timestamp that is no time is `None` as well.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {
     pub id: i64,
-    pub cluster_id: i64,
+    pub cluster_id: Option<i64>,
     pub cluster_name: String,
+    /// An action kindler does not know reads as a probe, which changes nothing.
     pub action: Action,
-    pub generation: i64,
-    pub attempt: u32,
+    pub generation: Option<i64>,
+    pub attempt: Option<u32>,
+    /// An outcome kindler does not know reads as interrupted.
     pub outcome: RunOutcome,
-    pub started_at: String,
-    pub ended_at: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
     pub duration_ms: Option<i64>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -26,31 +35,48 @@ pub struct RunRecord {
     pub output_tail: Vec<String>,
 }
 
+impl RunRecord {
+    /// When the run last changed: its end, or its start while it runs.
+    pub fn last_moved(&self) -> Option<Timestamp> {
+        self.ended_at.or(self.started_at)
+    }
+}
+
 const COLUMNS: &str = "id, cluster_id, cluster_name, action, generation, attempt, outcome, \
      started_at, ended_at, duration_ms, exit_code, signal, error, output_tail";
 
-fn from_row(r: &Row) -> rusqlite::Result<RunRecord> {
-    let action: String = r.get(3)?;
-    let outcome: String = r.get(6)?;
-    let tail: Option<String> = r.get(13)?;
-    Ok(RunRecord {
-        id: r.get(0)?,
-        cluster_id: r.get(1)?,
-        cluster_name: r.get(2)?,
-        action: action.parse().unwrap_or(Action::Probe),
-        generation: r.get(4)?,
-        attempt: r.get(5)?,
-        outcome: outcome.parse().unwrap_or(RunOutcome::Interrupted),
-        started_at: r.get(7)?,
-        ended_at: r.get(8)?,
-        duration_ms: r.get(9)?,
-        exit_code: r.get(10)?,
-        signal: r.get(11)?,
-        error: r.get(12)?,
-        output_tail: tail
+fn from_row(row: &Row) -> rusqlite::Result<RunRecord> {
+    row::read(row, run)
+}
+
+/// Reads a row of `reconcile_runs` (selected with [`COLUMNS`]).
+fn run(r: &RowReader) -> RunRecord {
+    let integer = |column| r.integer(column).ok().flatten();
+    RunRecord {
+        id: r.key("id"),
+        cluster_id: integer("cluster_id"),
+        cluster_name: r.text("cluster_name").unwrap_or_default(),
+        action: (r.text("action").and_then(|a| a.parse().ok())).unwrap_or(Action::Probe),
+        generation: integer("generation"),
+        attempt: narrow(integer("attempt")),
+        outcome: (r.text("outcome").and_then(|o| o.parse().ok()))
+            .unwrap_or(RunOutcome::Interrupted),
+        started_at: r.timestamp("started_at").ok().flatten(),
+        ended_at: r.timestamp("ended_at").ok().flatten(),
+        duration_ms: integer("duration_ms"),
+        exit_code: narrow(integer("exit_code")),
+        signal: narrow(integer("signal")),
+        error: r.text("error"),
+        output_tail: r
+            .text("output_tail")
             .map(|t| t.lines().map(str::to_owned).collect())
             .unwrap_or_default(),
-    })
+    }
+}
+
+/// A number in a narrower type, `None` when it does not fit.
+fn narrow<T: TryFrom<i64>>(n: Option<i64>) -> Option<T> {
+    n.and_then(|n| n.try_into().ok())
 }
 
 pub struct NewRun<'a> {
@@ -75,7 +101,7 @@ pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
         run.action.as_str(),
         run.generation,
         run.attempt,
-        time::text(run.started_at),
+        Timestamp::from(run.started_at),
         run.process_tag,
     ])?;
     Ok(tx.last_insert_rowid())
@@ -101,7 +127,7 @@ pub fn finish(tx: &Transaction, run_id: i64, end: &RunEnd) -> StoreResult<()> {
     .execute(params![
         run_id,
         end.outcome.as_str(),
-        time::text(end.ended_at),
+        Timestamp::from(end.ended_at),
         end.duration.as_millis() as i64,
         end.exit_code,
         end.signal,
@@ -165,7 +191,8 @@ pub fn recent_for_name(conn: &Connection, name: &str, limit: u32) -> StoreResult
 #[derive(Debug, Clone)]
 pub struct Unfinished {
     pub id: i64,
-    pub cluster_id: i64,
+    /// `None` when the row's value is no number (another program wrote it).
+    pub cluster_id: Option<i64>,
     pub cluster_name: String,
     pub action: Option<Action>,
     pub process_tag: Option<String>,
@@ -178,12 +205,12 @@ pub fn unfinished(conn: &Connection) -> StoreResult<Vec<Unfinished>> {
     )?;
     let runs = stmt
         .query_map([], |r| {
-            Ok(Unfinished {
-                id: r.get(0)?,
-                cluster_id: r.get(1)?,
-                cluster_name: r.get(2)?,
-                action: r.get::<_, String>(3)?.parse().ok(),
-                process_tag: r.get(4)?,
+            row::read(r, |r| Unfinished {
+                id: r.key("id"),
+                cluster_id: r.integer("cluster_id").ok().flatten(),
+                cluster_name: r.text("cluster_name").unwrap_or_default(),
+                action: r.text("action").and_then(|a| a.parse().ok()),
+                process_tag: r.text("process_tag").filter(|t| !t.is_empty()),
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -197,7 +224,7 @@ pub fn mark_interrupted(tx: &Transaction, run_id: i64, error: &str) -> StoreResu
                 duration_ms = CAST((julianday(?2) - julianday(started_at)) * 86400000 AS INTEGER)
           WHERE id = ?1",
     )?
-    .execute(params![run_id, time::now_text(), error])?;
+    .execute(params![run_id, Timestamp::now(), error])?;
     Ok(())
 }
 
@@ -221,7 +248,7 @@ pub fn prune_cluster(
 
 /// Drops runs that ended longer than `max_age` ago (run now and then, not per action).
 pub fn prune_old(tx: &Transaction, max_age: Duration) -> StoreResult<usize> {
-    let cutoff = time::text(SystemTime::now() - max_age);
+    let cutoff = Timestamp::from(SystemTime::now() - max_age);
     Ok(tx
         .prepare_cached("DELETE FROM reconcile_runs WHERE ended_at IS NOT NULL AND ended_at < ?1")?
         .execute([cutoff])?)

@@ -71,8 +71,9 @@ where
             (_, Err(GroupFailure::Replaced(what))) => Err(StoreError::FileReplaced(what.clone())),
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(v)), Ok(())) => Ok(v),
-            (_, Err(GroupFailure::Store(e))) => Err(StoreError::Unavailable(e.clone())),
-            (None, Ok(())) => Err(StoreError::Unavailable("the write did not run".into())),
+            (_, Err(GroupFailure::Commit(e))) => Err(StoreError::Sqlite(e.clone())),
+            // Every job of a group that committed has run; this cannot happen.
+            (None, Ok(())) => Err(StoreError::WriterGone),
         };
         let _ = self.reply.send(answer);
     }
@@ -84,7 +85,7 @@ enum GroupFailure {
     /// The database file was removed or replaced (see `identity.rs`).
     Replaced(String),
     /// The transaction could not begin or commit (locked by another program, disk full).
-    Store(String),
+    Commit(Arc<rusqlite::Error>),
 }
 
 impl Writer {
@@ -100,7 +101,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("kindler-writer".into())
             .spawn(move || serve(conn, queue, &epoch, &identity))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+            .map_err(StoreError::WriterStart)?;
         Ok(Writer { jobs })
     }
 
@@ -117,22 +118,18 @@ impl Writer {
             reply,
         };
         self.send(Job::Write(Box::new(job)))?;
-        answer.await.map_err(|_| gone())?
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     pub async fn data_version(&self) -> StoreResult<i64> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::DataVersion(reply))?;
-        answer.await.map_err(|_| gone())?
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     fn send(&self, job: Job) -> StoreResult<()> {
-        self.jobs.send(job).map_err(|_| gone())
+        self.jobs.send(job).map_err(|_| StoreError::WriterGone)
     }
-}
-
-fn gone() -> StoreError {
-    StoreError::Unavailable("the database writer has stopped".into())
 }
 
 fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &Epoch, identity: &Identity) {
@@ -181,7 +178,7 @@ fn commit_where_found(
     identity: &Identity,
 ) -> Result<(), GroupFailure> {
     identity.check().map_err(GroupFailure::Replaced)?;
-    commit(conn, group).map_err(|e| GroupFailure::Store(StoreError::Sqlite(e).to_string()))?;
+    commit(conn, group).map_err(|e| GroupFailure::Commit(Arc::new(e)))?;
     identity.check().map_err(GroupFailure::Replaced)
 }
 
