@@ -297,7 +297,7 @@ fn in_progress(task: &mut TaskStatus, f: &Facts, row: &ClusterRecord, now: &Acti
                 Some(next) => format!(
                     "{headline}; kindler retries at {} (attempt {})",
                     time::iso(next),
-                    row.attempts + 1
+                    row.attempts.saturating_add(1)
                 ),
                 None => format!("{headline}; kindler retries now"),
             };
@@ -322,7 +322,7 @@ fn waiting(f: &Facts, row: &ClusterRecord, now: &Activity) -> String {
         if due > std::time::SystemTime::now() {
             return format!(
                 "{base}: attempt {} at {}",
-                row.attempts + 1,
+                row.attempts.saturating_add(1),
                 time::iso(next)
             );
         }
