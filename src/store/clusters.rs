@@ -352,13 +352,17 @@ pub fn change_counter(conn: &Connection) -> StoreResult<i64> {
     Ok(conn.query_row("SELECT value FROM change_counter", [], |r| r.get(0))?)
 }
 
-/// Rows whose change number kindler did not hand out (text, NULL, or above the counter):
-/// other programs wrote them. Such a row is still reconciled; it is renumbered (see
-/// [`renumber`]) so that its later changes are seen in order.
+/// Rows whose change number kindler did not hand out (text, NULL, above the counter, and
+/// also zero, negative or fractional: kindler's numbers are whole and start at 1): other
+/// programs wrote them. Such a row is still reconciled; it is renumbered (see [`renumber`])
+/// so that its later changes are seen in order. (A number at or below 0 hid a declaration
+/// written with it from the feed until the next rescan.)
 pub fn odd_change_numbers(conn: &Connection) -> StoreResult<Vec<(i64, String, String)>> {
     let top = change_counter(conn)?;
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, change_seq FROM clusters WHERE change_seq > ?1 OR change_seq IS NULL",
+        "SELECT id, name, change_seq FROM clusters
+          WHERE change_seq > ?1 OR change_seq <= 0 OR change_seq IS NULL
+             OR typeof(change_seq) <> 'integer'",
     )?;
     let rows = stmt
         .query_map([top], |r| {
