@@ -164,6 +164,15 @@ fn parse_row(row: &Row) -> rusqlite::Result<Parsed> {
             Err(e) => return Ok(Err(invalid(format!("desired_state {e}")))),
         },
     };
+    // The subnet goes to every script as KINDLER_CLUSTER_SUBNET; a value with a NUL byte
+    // (a blob another program wrote) cannot be put into an environment, so every command
+    // of the cluster failed to start, blaming the command.
+    let subnet = text_of(row, 3)?.filter(|s| !s.is_empty());
+    if let Some(s) = subnet.as_deref().filter(|s| s.contains('\0')) {
+        return Ok(Err(invalid(format!(
+            "subnet {s:?} holds a NUL byte, which cannot be passed to a script"
+        ))));
+    }
     let actual_text = text_of(row, 12)?;
     let last_action = text_of(row, 22)?;
     Ok(Ok(ClusterRecord {
@@ -175,7 +184,7 @@ fn parse_row(row: &Row) -> rusqlite::Result<Parsed> {
             pf_port: ports[1],
             http_port: ports[2],
             https_port: ports[3],
-            cluster_subnet: text_of(row, 3)?.filter(|s| !s.is_empty()),
+            cluster_subnet: subnet,
             register_portainer: flag_of(row, 8)?,
             haproxy_route: flag_of(row, 9)?,
             register_argocd: flag_of(row, 10)?,
