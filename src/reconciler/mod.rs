@@ -261,8 +261,8 @@ impl Reconciler {
                     runs::mark_interrupted(tx, run.id, &note)?;
                     // Only a cluster still in that action's state is redone; one that got
                     // further since (its end was recorded by a later run) keeps its state.
-                    if let Some(state) = in_progress {
-                        clusters::mark_interrupted(tx, run.cluster_id, state, &cluster_note)?;
+                    if let (Some(state), Some(cluster_id)) = (in_progress, run.cluster_id) {
+                        clusters::mark_interrupted(tx, cluster_id, state, &cluster_note)?;
                     }
                     Ok(())
                 })

@@ -87,7 +87,7 @@ fn unreadable(e: &rusqlite::Error) -> String {
 }
 
 /// A text column, whatever storage class the value has (numbers are written out).
-fn text_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
+pub(super) fn text_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
     use rusqlite::types::ValueRef;
     Ok(match row.get_ref(idx)? {
         ValueRef::Null => None,
@@ -99,7 +99,7 @@ fn text_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
 
 /// A timestamp column: SQLite's text form, or Unix seconds as `strftime('%s')` writes them.
 /// A number that is no such time is passed on as text (the API shows it as it is).
-fn timestamp_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
+pub(super) fn timestamp_of(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
     use rusqlite::types::ValueRef;
     let seconds = match row.get_ref(idx)? {
         ValueRef::Integer(i) => i as f64,

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
+use super::clusters::{text_of, timestamp_of};
 use super::{time, StoreResult};
 use crate::model::{Action, RunOutcome};
 
@@ -29,27 +30,46 @@ pub struct RunRecord {
 const COLUMNS: &str = "id, cluster_id, cluster_name, action, generation, attempt, outcome, \
      started_at, ended_at, duration_ms, exit_code, signal, error, output_tail";
 
+/// Reads a run as another program may have left it. The history is kindler's own table,
+/// but `sqlite3` can write anything into it, and one odd value made a cluster's whole
+/// history and its tasks unreadable (503), and an unfinished run with one made the start-up
+/// recovery skip every unfinished run, leaving a dead daemon's processes running. Text
+/// columns take any value; a number that is none reads as none (or 0).
 fn from_row(r: &Row) -> rusqlite::Result<RunRecord> {
-    let action: String = r.get(3)?;
-    let outcome: String = r.get(6)?;
-    let tail: Option<String> = r.get(13)?;
+    let action = text_of(r, 3)?.unwrap_or_default();
+    let outcome = text_of(r, 6)?.unwrap_or_default();
+    let tail = text_of(r, 13)?;
     Ok(RunRecord {
         id: r.get(0)?,
-        cluster_id: r.get(1)?,
-        cluster_name: r.get(2)?,
+        cluster_id: integer_of(r, 1)?.unwrap_or(0),
+        cluster_name: text_of(r, 2)?.unwrap_or_default(),
         action: action.parse().unwrap_or(Action::Probe),
-        generation: r.get(4)?,
-        attempt: r.get(5)?,
+        generation: integer_of(r, 4)?.unwrap_or(0),
+        attempt: integer_of(r, 5)?.map_or(0, |a| a.clamp(0, u32::MAX as i64) as u32),
         outcome: outcome.parse().unwrap_or(RunOutcome::Interrupted),
-        started_at: r.get(7)?,
-        ended_at: r.get(8)?,
-        duration_ms: r.get(9)?,
-        exit_code: r.get(10)?,
-        signal: r.get(11)?,
-        error: r.get(12)?,
+        started_at: timestamp_of(r, 7)?.unwrap_or_default(),
+        ended_at: timestamp_of(r, 8)?,
+        duration_ms: integer_of(r, 9)?,
+        exit_code: integer_of(r, 10)?.and_then(|c| i32::try_from(c).ok()),
+        signal: integer_of(r, 11)?.and_then(|s| i32::try_from(s).ok()),
+        error: text_of(r, 12)?,
         output_tail: tail
             .map(|t| t.lines().map(str::to_owned).collect())
             .unwrap_or_default(),
+    })
+}
+
+/// An integer column, whatever was written there: a whole number, or a real or text
+/// holding one; anything else is none.
+fn integer_of(r: &Row, idx: usize) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(idx)? {
+        ValueRef::Integer(i) => Some(i),
+        ValueRef::Real(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => Some(f as i64),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+        _ => None,
     })
 }
 
@@ -165,7 +185,8 @@ pub fn recent_for_name(conn: &Connection, name: &str, limit: u32) -> StoreResult
 #[derive(Debug, Clone)]
 pub struct Unfinished {
     pub id: i64,
-    pub cluster_id: i64,
+    /// None when the row holds no number there (another program wrote it).
+    pub cluster_id: Option<i64>,
     pub cluster_name: String,
     pub action: Option<Action>,
     pub process_tag: Option<String>,
@@ -178,12 +199,13 @@ pub fn unfinished(conn: &Connection) -> StoreResult<Vec<Unfinished>> {
     )?;
     let runs = stmt
         .query_map([], |r| {
+            // Read leniently (see `from_row`): every unfinished run is recovered.
             Ok(Unfinished {
                 id: r.get(0)?,
-                cluster_id: r.get(1)?,
-                cluster_name: r.get(2)?,
-                action: r.get::<_, String>(3)?.parse().ok(),
-                process_tag: r.get(4)?,
+                cluster_id: integer_of(r, 1)?,
+                cluster_name: text_of(r, 2)?.unwrap_or_default(),
+                action: text_of(r, 3)?.and_then(|a| a.parse().ok()),
+                process_tag: text_of(r, 4)?,
             })
         })?
         .collect::<Result<_, _>>()?;
