@@ -295,12 +295,13 @@ pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
     // rewrite the new row right after inserting it (the trigger leaves a row alone whose
     // number is the counter's).
     let seq = next_change_seq(tx)?;
+    let id = id_for_insert(tx, "clusters")?;
     tx.prepare_cached(
         "INSERT INTO clusters (name, provider, subnet, node_port, pf_port, http_port, https_port,
                                register_portainer, haproxy_route, register_argocd,
                                status, desired_state, actual_state, created_at, updated_at,
-                               last_transition_at, change_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11, ?12)",
+                               last_transition_at, change_seq, id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11, ?12, ?13)",
     )?
     .execute(params![
         spec.name.as_str(),
@@ -315,8 +316,35 @@ pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
         spec.register_argocd,
         now,
         seq,
+        id,
     ])?;
     Ok(tx.last_insert_rowid())
+}
+
+/// The id for a new row of `table`: none (AUTOINCREMENT numbers it), unless a row holds
+/// the largest id SQLite allows (another program moved it there). AUTOINCREMENT then has no
+/// id left, and every insert failed with SQLITE_FULL, reported as "the disk is full", while
+/// health stayed 200. The id AUTOINCREMENT would have given had that row not been moved is
+/// taken instead: above every id it ever handed out (so no old run of a deleted cluster is
+/// taken for the new one's) and every other row's. A look-up by id, cheap enough for every
+/// insert.
+pub(super) fn id_for_insert(tx: &Transaction, table: &'static str) -> StoreResult<Option<i64>> {
+    let exhausted = tx
+        .prepare_cached(&format!(
+            "SELECT 1 FROM {table} WHERE id = 9223372036854775807"
+        ))?
+        .exists([])?;
+    if !exhausted {
+        return Ok(None);
+    }
+    let next: i64 = tx
+        .prepare_cached(&format!(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),
+                        COALESCE((SELECT MAX(id) FROM {table} WHERE id < 9223372036854775807), 0))"
+        ))?
+        .query_row([], |r| r.get(0))?;
+    // None when the ids below are used up as well: SQLite's own error stands then.
+    Ok(next.checked_add(1).filter(|id| *id < i64::MAX))
 }
 
 /// Advances the change counter and returns its new value (see migration 0006).

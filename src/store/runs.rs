@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use super::clusters::{text_of, timestamp_of};
+use super::clusters::{id_for_insert, text_of, timestamp_of};
 use super::{time, StoreResult};
 use crate::model::{Action, RunOutcome};
 
@@ -84,10 +84,11 @@ pub struct NewRun<'a> {
 }
 
 pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
+    let id = id_for_insert(tx, "reconcile_runs")?;
     tx.prepare_cached(
         "INSERT INTO reconcile_runs (cluster_id, cluster_name, action, generation, attempt, started_at,
-                                     process_tag)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                     process_tag, id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         run.cluster_id,
@@ -97,6 +98,7 @@ pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
         run.attempt,
         time::text(run.started_at),
         run.process_tag,
+        id,
     ])?;
     Ok(tx.last_insert_rowid())
 }
