@@ -617,7 +617,8 @@ const POISONS: &[Poison] = {
         p("change_seq = -1", &["change_seq"], ActedOn),
         p("change_seq = 0", &["change_seq"], ActedOn),
         p("change_seq = 1.5", &["change_seq"], ActedOn),
-        p("id = -1042", &["id"], ActedOn), // MOVED_ID
+        p("id = -1042", &["id"], ActedOn),
+        p("id = 9223372036854775807", &["id"], ActedOn),
         p("server_ip = X'00ff'", &["server_ip"], ActedOn),
         p(
             "provider = 'kind', pf_port = '', subnet = NULL, register_portainer = 0, \
@@ -640,8 +641,11 @@ const POISONS: &[Poison] = {
     ]
 };
 
-/// Where the poison `id = -1042` moves its row.
-const MOVED_ID: i64 = -1042;
+/// Where a poison `id = N` moves its row.
+fn moved_id(poison: &Poison) -> Option<i64> {
+    let id = poison.set.strip_prefix("id = ")?;
+    Some(id.parse().expect("an id"))
+}
 
 fn victim_name(i: usize) -> String {
     format!("v{i:02}")
@@ -851,8 +855,9 @@ fn rows_other_programs_poison_stop_nothing_else_and_are_picked_up_once_corrected
         .map(|i| poisoned_columns(&conn, i, ids[i]))
         .collect();
 
-    // Odd runs in the history of h1, and unfinished runs no daemon started: a foreign one
-    // with odd values everywhere, one with a tag no process carries.
+    // Odd runs in the history of h1, h2's create moved to the largest id SQLite allows,
+    // and unfinished runs no daemon started: a foreign one with odd values everywhere, one
+    // with a tag no process carries.
     let h1_id: i64 = conn
         .query_row("SELECT id FROM clusters WHERE name = 'h1'", [], |r| {
             r.get(0)
@@ -872,7 +877,9 @@ fn rows_other_programs_poison_stop_nothing_else_and_are_picked_up_once_corrected
          INSERT INTO reconcile_runs (cluster_id, cluster_name, action, generation, attempt,
                 started_at, process_tag)
          VALUES ('abc', X'00ff', X'00ff', 'abc', 'abc', 'abc', 42),
-                ({h1_id}, 'h1', 'stop', 1, 1, '2026-01-01 00:00:00', 'no-such-tag');"
+                ({h1_id}, 'h1', 'stop', 1, 1, '2026-01-01 00:00:00', 'no-such-tag');
+         UPDATE reconcile_runs SET id = 9223372036854775807
+          WHERE id = (SELECT MIN(id) FROM reconcile_runs WHERE cluster_name = 'h2');"
     ))
     .unwrap();
 
@@ -887,8 +894,8 @@ fn rows_other_programs_poison_stop_nothing_else_and_are_picked_up_once_corrected
             poison.set
         ))
         .unwrap_or_else(|e| panic!("{}: {e}", poison.set));
-        if poison.columns.contains(&"id") {
-            ids[i] = MOVED_ID;
+        if let Some(id) = moved_id(poison) {
+            ids[i] = id;
         }
         poisoned.push(poisoned_columns(&conn, i, ids[i]));
         conn.execute_batch("COMMIT").unwrap();
