@@ -321,6 +321,21 @@ impl ClusterSpec {
     }
 }
 
+/// An IPv4 CIDR like `10.42.0.0/16`: four decimal octets (std's strict parser: no leading
+/// zeros, no extras) and a prefix length of at most 32. A cluster's subnet goes to its
+/// scripts; the API and the store's reader hold it to this.
+pub fn is_ipv4_cidr(s: &str) -> bool {
+    let Some((addr, bits)) = s.split_once('/') else {
+        return false;
+    };
+    let bits_ok = !bits.is_empty()
+        && bits.len() <= 2
+        && bits.bytes().all(|b| b.is_ascii_digit())
+        && bits.parse::<u8>().is_ok_and(|b| b <= 32);
+    // std's parser is strict: four decimal octets, no leading zeros, no extras.
+    bits_ok && addr.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 /// Contract defaults for fields a client leaves out (and legacy rows left NULL).
 pub mod defaults {
     pub const NODE_PORT: u16 = 30080;

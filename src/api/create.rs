@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::response::FieldError;
 use crate::config::{PortRange, Settings};
-use crate::model::{defaults, ClusterName, ClusterSpec, Provider};
+use crate::model::{defaults, is_ipv4_cidr, ClusterName, ClusterSpec, Provider};
 use crate::store::clusters;
 use crate::store::StoreResult;
 
@@ -181,18 +181,6 @@ fn subnet(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Stri
             None
         }
     }
-}
-
-fn is_ipv4_cidr(s: &str) -> bool {
-    let Some((addr, bits)) = s.split_once('/') else {
-        return false;
-    };
-    let bits_ok = !bits.is_empty()
-        && bits.len() <= 2
-        && bits.bytes().all(|b| b.is_ascii_digit())
-        && bits.parse::<u8>().is_ok_and(|b| b <= 32);
-    // std's parser is strict: four decimal octets, no leading zeros, no extras.
-    bits_ok && addr.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 fn distinct_host_ports(pf: u16, http: u16, https: u16, errors: &mut Vec<FieldError>) {

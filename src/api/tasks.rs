@@ -314,7 +314,7 @@ fn in_progress(task: &mut TaskStatus, f: &Facts, row: &ClusterRecord, now: &Acti
                 Some(next) => format!(
                     "{headline}; kindler retries at {} (attempt {})",
                     next.iso(),
-                    row.attempts + 1
+                    row.attempts.saturating_add(1)
                 ),
                 None => format!("{headline}; kindler retries now"),
             };
@@ -341,7 +341,11 @@ fn waiting(f: &Facts, row: &ClusterRecord, now: &Activity) -> String {
     }
     if let Some(next) = row.next_attempt_at {
         if std::time::SystemTime::from(next) > std::time::SystemTime::now() {
-            return format!("{base}: attempt {} at {}", row.attempts + 1, next.iso());
+            return format!(
+                "{base}: attempt {} at {}",
+                row.attempts.saturating_add(1),
+                next.iso()
+            );
         }
     }
     if now.capacity > 0 && now.running >= now.capacity {

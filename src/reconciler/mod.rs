@@ -290,7 +290,9 @@ impl Reconciler {
     /// Records that `action` begins for the cluster (its run row, with the process tag,
     /// before any process exists), then runs it in a task of its own.
     async fn start(&mut self, record: ClusterRecord, action: Action, settings: Arc<Settings>) {
-        let attempt = record.attempts + 1;
+        // Saturating: attempts is read from the store, where another program may have
+        // written any number (u32::MAX + 1 panicked here and ended the reconciler).
+        let attempt = record.attempts.saturating_add(1);
         let tag = procs::new_tag();
         let (id, generation, name) = (record.id, record.generation, record.spec.name.to_string());
         let started_at = self.app.clock.now();

@@ -212,7 +212,7 @@ pub(super) fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
             Priority::Info,
             format!(
                 "cluster {name}: retry {} of {action} in {} (at {})",
-                end.attempts + 1,
+                end.attempts.saturating_add(1),
                 humantime::format_duration(Duration::from_secs(wait.as_secs())),
                 next.iso()
             ),
@@ -220,7 +220,7 @@ pub(super) fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {
         .id(ids::RETRY_SCHEDULED)
         .field("CLUSTER", name)
         .field("ACTION", action)
-        .field("ATTEMPT", end.attempts + 1)
+        .field("ATTEMPT", end.attempts.saturating_add(1))
         .field("NEXT_ATTEMPT_AT", next.iso())
         .emit();
     }

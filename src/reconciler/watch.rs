@@ -176,6 +176,9 @@ impl Reconciler {
                 .write(move |tx| clusters::renumber(tx, id))
                 .await;
             if repaired.is_ok() {
+                // The row may carry a declaration written together with the odd number,
+                // which the feed did not show: look at it now, not at the next rescan.
+                self.schedule.soon(id, Instant::now());
                 Event::new(
                     Priority::Warning,
                     format!(

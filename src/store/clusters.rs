@@ -6,8 +6,8 @@ use super::row::{self, RowReader, Unreadable};
 use super::time::Timestamp;
 use super::StoreResult;
 use crate::model::{
-    defaults, Action, ActualState, AddOnStatus, ClusterName, ClusterSpec, DesiredState,
-    ProbeReport, Provider,
+    defaults, is_ipv4_cidr, Action, ActualState, AddOnStatus, ClusterName, ClusterSpec,
+    DesiredState, ProbeReport, Provider,
 };
 
 /// One row of `clusters`, parsed.
@@ -101,6 +101,14 @@ fn cluster(r: &RowReader) -> Parsed {
             .parse()
             .map_err(|e| invalid(format!("desired_state {e}")))?,
     };
+    // The subnet goes to every script (KINDLER_CLUSTER_SUBNET): held to the API's rule. (A
+    // blob with a NUL byte once made every command of the cluster fail to start.)
+    let subnet = r.text("subnet").filter(|s| !s.trim().is_empty());
+    if let Some(s) = subnet.as_deref().filter(|s| !is_ipv4_cidr(s)) {
+        return Err(invalid(format!(
+            "subnet {s:?} is not an IPv4 CIDR like 10.42.0.0/16"
+        )));
+    }
     let time = |column| r.timestamp(column).ok().flatten();
     let count = |column| r.integer(column).ok().flatten();
     Ok(ClusterRecord {
@@ -112,7 +120,7 @@ fn cluster(r: &RowReader) -> Parsed {
             pf_port: port("pf_port", defaults::PF_PORT)?,
             http_port: port("http_port", defaults::HTTP_PORT)?,
             https_port: port("https_port", defaults::HTTPS_PORT)?,
-            cluster_subnet: r.text("subnet").filter(|s| !s.is_empty()),
+            cluster_subnet: subnet,
             register_portainer: flag("register_portainer")?,
             haproxy_route: flag("haproxy_route")?,
             register_argocd: flag("register_argocd")?,
@@ -129,8 +137,9 @@ fn cluster(r: &RowReader) -> Parsed {
         observed_generation: r
             .required_integer("observed_generation")
             .map_err(unreadable)?,
-        attempts: (r.required_integer("attempts").map_err(unreadable)?).clamp(0, u32::MAX as i64)
-            as u32,
+        // Clamped below u32::MAX: the next attempt's number must still be a number.
+        attempts: (r.required_integer("attempts").map_err(unreadable)?)
+            .clamp(0, u32::MAX as i64 - 1) as u32,
         last_action: r.text("last_action").and_then(|a| a.parse().ok()),
         nodes_ready: count("nodes_ready"),
         nodes_total: count("nodes_total"),
@@ -229,12 +238,13 @@ pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
     // rewrite the new row right after inserting it (the trigger leaves a row alone whose
     // number is the counter's).
     let seq = next_change_seq(tx)?;
+    let id = id_for_insert(tx, "clusters")?;
     tx.prepare_cached(
         "INSERT INTO clusters (name, provider, subnet, node_port, pf_port, http_port, https_port,
                                register_portainer, haproxy_route, register_argocd,
                                status, desired_state, actual_state, created_at, updated_at,
-                               last_transition_at, change_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11, ?12)",
+                               last_transition_at, change_seq, id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'unknown', 'present', 'unknown', ?11, ?11, ?11, ?12, ?13)",
     )?
     .execute(params![
         spec.name.as_str(),
@@ -249,8 +259,35 @@ pub fn insert(tx: &Transaction, spec: &ClusterSpec) -> StoreResult<i64> {
         spec.register_argocd,
         now,
         seq,
+        id,
     ])?;
     Ok(tx.last_insert_rowid())
+}
+
+/// The id for a new row of `table`: none (AUTOINCREMENT numbers it), unless a row holds
+/// the largest id SQLite allows (another program moved it there). AUTOINCREMENT then has no
+/// id left, and every insert failed with SQLITE_FULL, reported as "the disk is full", while
+/// health stayed 200. The id AUTOINCREMENT would have given had that row not been moved is
+/// taken instead: above every id it ever handed out (so no old run of a deleted cluster is
+/// taken for the new one's) and every other row's. A look-up by id, cheap enough for every
+/// insert.
+pub(super) fn id_for_insert(tx: &Transaction, table: &'static str) -> StoreResult<Option<i64>> {
+    let exhausted = tx
+        .prepare_cached(&format!(
+            "SELECT 1 FROM {table} WHERE id = 9223372036854775807"
+        ))?
+        .exists([])?;
+    if !exhausted {
+        return Ok(None);
+    }
+    let next: i64 = tx
+        .prepare_cached(&format!(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),
+                        COALESCE((SELECT MAX(id) FROM {table} WHERE id < 9223372036854775807), 0))"
+        ))?
+        .query_row([], |r| r.get(0))?;
+    // None when the ids below are used up as well: SQLite's own error stands then.
+    Ok(next.checked_add(1).filter(|id| *id < i64::MAX))
 }
 
 /// Advances the change counter and returns its new value (see migration 0006).
@@ -295,13 +332,17 @@ pub fn change_counter(conn: &Connection) -> StoreResult<i64> {
     Ok(conn.query_row("SELECT value FROM change_counter", [], |r| r.get("value"))?)
 }
 
-/// Rows whose change number kindler did not hand out (text, NULL, or above the counter):
-/// other programs wrote them. Such a row is still reconciled; it is renumbered (see
-/// [`renumber`]) so that its later changes are seen in order.
+/// Rows whose change number kindler did not hand out (text, NULL, above the counter, and
+/// also zero, negative or fractional: kindler's numbers are whole and start at 1): other
+/// programs wrote them. Such a row is still reconciled; it is renumbered (see [`renumber`])
+/// so that its later changes are seen in order. (A number at or below 0 hid a declaration
+/// written with it from the feed until the next rescan.)
 pub fn odd_change_numbers(conn: &Connection) -> StoreResult<Vec<(i64, String, String)>> {
     let top = change_counter(conn)?;
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, change_seq FROM clusters WHERE change_seq > ?1 OR change_seq IS NULL",
+        "SELECT id, name, change_seq FROM clusters
+          WHERE change_seq > ?1 OR change_seq <= 0 OR change_seq IS NULL
+             OR typeof(change_seq) <> 'integer'",
     )?;
     let rows = stmt
         .query_map([top], |r| {

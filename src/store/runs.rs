@@ -90,10 +90,11 @@ pub struct NewRun<'a> {
 }
 
 pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
+    let id = super::clusters::id_for_insert(tx, "reconcile_runs")?;
     tx.prepare_cached(
         "INSERT INTO reconcile_runs (cluster_id, cluster_name, action, generation, attempt, started_at,
-                                     process_tag)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                     process_tag, id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         run.cluster_id,
@@ -103,6 +104,7 @@ pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
         run.attempt,
         Timestamp::from(run.started_at),
         run.process_tag,
+        id,
     ])?;
     Ok(tx.last_insert_rowid())
 }

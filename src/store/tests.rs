@@ -124,9 +124,19 @@ fn names_and_providers_are_what_they_are_or_the_row_is_reported() {
     assert!(db.reason("provider", "1").starts_with("provider \"1\""));
     assert_eq!(db.valid("subnet", "''").spec.cluster_subnet, None);
     assert_eq!(
-        db.valid("subnet", "10").spec.cluster_subnet.as_deref(),
-        Some("10")
+        db.valid("subnet", "'10.42.0.0/16'")
+            .spec
+            .cluster_subnet
+            .as_deref(),
+        Some("10.42.0.0/16")
     );
+    // Held to the API's rule: a subnet reaches every script.
+    for bad in ["10", "'not-a-subnet'", "X'00ff'", "'10.0.0.0/16; rm -rf /'"] {
+        assert!(
+            db.reason("subnet", bad).contains("is not an IPv4 CIDR"),
+            "{bad}"
+        );
+    }
 }
 
 #[test]
@@ -297,7 +307,7 @@ fn numbers_kindler_needs_make_the_row_reported_and_the_others_unknown() {
         7
     );
     assert_eq!(db.valid("attempts", "-3").attempts, 0);
-    assert_eq!(db.valid("attempts", "10000000000").attempts, u32::MAX);
+    assert_eq!(db.valid("attempts", "10000000000").attempts, u32::MAX - 1);
     for column in ["nodes_ready", "nodes_total"] {
         let nodes = |c: ClusterRecord| (c.nodes_ready, c.nodes_total);
         for odd in ["'abc'", "1e300", "x'00'", "2.5", "NULL"] {

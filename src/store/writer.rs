@@ -133,6 +133,7 @@ impl Writer {
 }
 
 fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &Epoch, identity: &Identity) {
+    let mut log_released = false;
     while let Ok(first) = queue.recv() {
         let mut group = Vec::new();
         for job in std::iter::once(first).chain(queue.try_iter().take(MAX_GROUP - 1)) {
@@ -144,11 +145,18 @@ fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &Epoch, identity: &I
             }
         }
         if group.is_empty() {
+            // The reconciler asks for the data version every poll interval: the moment to
+            // notice a file replaced while nobody writes.
+            release_log_if_replaced(&conn, identity, &mut log_released);
             continue;
         }
         let outcome = commit_where_found(&mut conn, &mut group, identity);
         if outcome.is_ok() {
             epoch.bump();
+        }
+        if matches!(outcome, Err(GroupFailure::Replaced(_))) {
+            // Before any refusal is answered.
+            release_log_if_replaced(&conn, identity, &mut log_released);
         }
         for job in group {
             job.answer(&outcome);
@@ -166,6 +174,40 @@ fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &Epoch, identity: &I
                 }
             }
         }
+    }
+}
+
+/// Once the database file at the path is not the one kindler has open (removed, or another
+/// file moved there), empties kindler's write-ahead log into the file kindler has open.
+///
+/// The log's path did not change: after a crash of kindler, the next start (SQLite, when
+/// it opens the file now at the path) would apply the log's pages to that other file. A
+/// backup moved onto the path was so rolled forward to the replaced database's state, or
+/// left corrupt. Emptied, the log is ignored. (A crash between the replacement and this,
+/// at most a poll interval, is not covered.)
+fn release_log_if_replaced(conn: &Connection, identity: &Identity, released: &mut bool) {
+    if identity.check().is_ok() {
+        // Put back (or never gone): a later replacement needs its own release.
+        *released = false;
+        return;
+    }
+    if *released {
+        return;
+    }
+    // (busy, log pages, pages checkpointed); busy is 1 when a reader kept it from finishing.
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => {
+            *released = true;
+            crate::log::warn(
+                "the database file at the configured path is not the one kindler has open: \
+                 kindler emptied its write-ahead log, so that no later start applies it to the \
+                 file now at that path",
+            );
+        }
+        Ok(_) => crate::log::debug("emptying the write-ahead log: busy; tried again"),
+        Err(e) => crate::log::warn(&format!("cannot empty the write-ahead log: {e}")),
     }
 }
 
