@@ -116,6 +116,7 @@ fn serve(loader: Loader) -> i32 {
             return 1;
         }
     };
+    systemd::raise_fd_limit();
     report((|| {
         let settings = load(&loader)?;
         log::init(settings.log_target, settings.log_level);

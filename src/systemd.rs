@@ -145,6 +145,21 @@ fn set_nonblocking(l: &Listener) -> io::Result<()> {
     }
 }
 
+/// Raises the soft limit on open files to the hard one (at most 65,536): each connection
+/// and each script's output pipe is a file descriptor, and systemd's default soft limit
+/// of 1,024 would be met by a flood of connections (see `api::conns`). Returns the limit.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    let want = hard.min(65_536);
+    if soft < want && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        return want;
+    }
+    soft
+}
+
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         log::debug(&format!("sd_notify failed: {e}"));

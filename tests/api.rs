@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::{send_raw, Env};
@@ -643,44 +642,4 @@ fn a_task_id_that_reads_two_ways_follows_the_newest_declaration() {
     let task = env.get("/api/tasks/reconcile-delete-dev").json();
     assert_eq!(task["status"], "completed", "{task}");
     assert_eq!(task["message"], "Cluster dev deleted", "{task}");
-}
-
-#[test]
-fn beyond_its_connection_limit_clients_wait_instead_of_failing() {
-    let env = Env::new();
-    let _d = env.start(&[]);
-    // 512 connections that send nothing hold every slot.
-    let idle: Vec<std::net::TcpStream> = (0..512)
-        .map(|_| std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap())
-        .collect();
-    // Wait until the daemon has taken them all: a request then waits in the backlog.
-    common::eventually(10 * SEC, "a request to wait for a free slot", || {
-        common::try_request(
-            env.port,
-            "GET",
-            "/api/health",
-            None,
-            Duration::from_millis(300),
-        )
-        .is_err()
-        .then_some(())
-    });
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
-    stream
-        .write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut buf = Vec::new();
-    assert!(
-        stream.read_to_end(&mut buf).is_err() && buf.is_empty(),
-        "not served while every slot is taken"
-    );
-    // One slot frees up: the waiting client is served, nothing was refused.
-    drop(idle);
-    stream.set_read_timeout(Some(5 * SEC)).unwrap();
-    stream.read_to_end(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }

@@ -87,3 +87,135 @@ fn environment_settings_are_checked() {
         assert!(text.contains(flag), "{text}");
     }
 }
+
+/// Raises this test process's open-files limit: it holds over a thousand sockets.
+fn room_for_sockets() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(8192);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+fn health_on_a_new_connection(port: u16) -> Result<common::Response, String> {
+    common::try_request(port, "GET", "/api/health", None, 5 * SEC).map_err(|e| e.to_string())
+}
+
+#[test]
+fn idle_and_slow_connections_cannot_keep_a_new_client_out() {
+    use std::io::{Read, Write};
+    room_for_sockets();
+    let env = Env::new();
+    let _d = env.start(&[]);
+    // 700 idle keep-alive connections (each made one request and keeps the connection),
+    // and 600 slowloris ones that send their headers a byte now and then: more than the
+    // 1,024 kindler holds.
+    let mut idle = Vec::new();
+    for _ in 0..700 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+        s.write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        idle.push(s);
+    }
+    let mut slow: Vec<std::net::TcpStream> = (0..600)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap())
+        .collect();
+    for s in &mut slow {
+        let _ = s.write_all(b"GET /api/health HTTP/1.1\r\nX-Slow: ");
+    }
+    // A new client is answered now, long before a header timeout (10 s) or an idle
+    // connection's end could have made room: the longest-idle connections made room.
+    for _ in 0..20 {
+        for s in &mut slow {
+            let _ = s.write_all(b"y");
+        }
+        let r = health_on_a_new_connection(env.port).expect("answered while 1,300 are held");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // The ones closed to make room were idle ones (the oldest first): their reads end.
+    let closed = idle
+        .iter_mut()
+        .take(100)
+        .filter(|s: &&mut std::net::TcpStream| {
+            s.set_read_timeout(Some(5 * SEC)).unwrap();
+            let mut buf = vec![0u8; 65536];
+            // The answer to its request, then the end of the stream.
+            loop {
+                match (&**s).read(&mut buf) {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .count();
+    assert!(
+        closed >= 50,
+        "only {closed} of the 100 oldest idle connections were closed"
+    );
+}
+
+#[test]
+fn websocket_connections_count_and_make_room_too() {
+    use tokio_tungstenite::tungstenite::{
+        client::client, protocol::frame::coding::CloseCode, Message,
+    };
+    room_for_sockets();
+    let env = Env::new();
+    let _d = env.start(&[]);
+    let mut sockets = Vec::new();
+    for _ in 0..1100 {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+        stream.set_read_timeout(Some(10 * SEC)).unwrap();
+        let (ws, _) =
+            client(format!("ws://127.0.0.1:{}/ws/tasks", env.port), stream).expect("handshake");
+        sockets.push(ws);
+    }
+    let r = health_on_a_new_connection(env.port).expect("answered while 1,100 WebSockets are held");
+    assert_eq!(r.status, 200);
+    // The oldest WebSocket made room, with a close frame that says why.
+    let first = &mut sockets[0];
+    let frame = loop {
+        match first.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(frame.unwrap().code, CloseCode::Again);
+}
+
+#[test]
+fn a_client_that_writes_a_too_large_body_first_reads_the_413() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let _d = env.start(&[]);
+    // As Python's urllib does: the whole body is written before anything is read.
+    for size in [1_100_000usize, 3 * 1024 * 1024, 12 * 1024 * 1024] {
+        let body = format!(
+            r#"{{"name":"big","provider":"k3d","x":"{}"}}"#,
+            "x".repeat(size)
+        );
+        let head = format!(
+            "POST /api/clusters HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+        s.set_read_timeout(Some(10 * SEC)).unwrap();
+        s.set_write_timeout(Some(10 * SEC)).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body.as_bytes())
+            .unwrap_or_else(|e| panic!("{size} bytes: the body could not be sent: {e}"));
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("{size} bytes: no answer: {e}"));
+        assert!(answer.starts_with("HTTP/1.1 413"), "{size}: {answer}");
+        assert!(answer.contains("request body is larger than"), "{answer}");
+    }
+    assert_eq!(env.sqlite("SELECT COUNT(*) FROM clusters"), "0");
+}

@@ -4,6 +4,7 @@
 //! none of them waits for a script.
 
 mod cache;
+pub mod conns;
 mod create;
 pub mod guard;
 mod response;
@@ -13,10 +14,10 @@ mod views;
 mod ws;
 
 use cache::ResponseCache;
+use conns::{Connections, Kind, MAX_CONNECTIONS};
 use guard::Via;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,7 +34,7 @@ use crate::log;
 use crate::systemd::Listener;
 
 /// A client that has not sent its request headers by then is disconnected.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests in flight may take to finish once a stop began.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection accepted just before a stop may take to send its first request:
@@ -42,10 +43,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 /// How long a WebSocket client gets to take its close frame at a stop.
 const CLOSE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
-/// Connections served at once. Beyond it kindler stops accepting, and new clients wait in
-/// the listen backlog rather than using up the process's file descriptors (1024 under
-/// systemd's default soft limit) that scripts' pipes and the store need too.
-const MAX_CONNECTIONS: usize = 512;
 
 pub use routes::health;
 
@@ -59,8 +56,8 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
     let connections = TaskTracker::new();
     // Cancelled when the drain time is over: what still runs is dropped.
     let hard_stop = CancellationToken::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let server = Arc::new(Server {
+        conns: Connections::new(MAX_CONNECTIONS),
         app,
         responses: ResponseCache::default(),
         connections: connections.clone(),
@@ -73,14 +70,10 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
     let mut owned_paths = Vec::new();
     for listener in listeners {
         let (server, shutdown) = (server.clone(), shutdown.clone());
-        let slots = slots.clone();
         match listener {
             Listener::Tcp(std_listener) => match tokio::net::TcpListener::from_std(std_listener) {
                 Ok(l) => loops.push(tokio::spawn(async move {
                     loop {
-                        let Some(slot) = free_slot(&slots, &shutdown).await else {
-                            break;
-                        };
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
                             accepted = l.accept() => match accepted {
@@ -90,7 +83,7 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
                                         Ok(a) => Via::Tcp { ip: a.ip(), port: a.port() },
                                         Err(_) => continue,
                                     };
-                                    connection(&server, via, stream, slot);
+                                    connection(&server, via, stream);
                                 }
                                 Err(e) => accept_failed(e).await,
                             }
@@ -104,13 +97,10 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
                 match tokio::net::UnixListener::from_std(listener) {
                     Ok(l) => loops.push(tokio::spawn(async move {
                         loop {
-                            let Some(slot) = free_slot(&slots, &shutdown).await else {
-                                break;
-                            };
                             tokio::select! {
                                 _ = shutdown.cancelled() => break,
                                 accepted = l.accept() => match accepted {
-                                    Ok((stream, _)) => connection(&server, Via::Unix, stream, slot),
+                                    Ok((stream, _)) => connection(&server, Via::Unix, stream),
                                     Err(e) => accept_failed(e).await,
                                 }
                             }
@@ -142,6 +132,8 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
 /// tasks run in, and the stop.
 pub struct Server {
     pub app: AppRef,
+    /// The connections held, and who makes room when there are too many.
+    conns: Arc<Connections>,
     responses: ResponseCache,
     connections: TaskTracker,
     stop: Stop,
@@ -156,41 +148,35 @@ pub struct Stop {
     pub hard: CancellationToken,
 }
 
-/// Waits for room for one more connection; `None` once a stop began.
-async fn free_slot(
-    slots: &Arc<Semaphore>,
-    shutdown: &CancellationToken,
-) -> Option<OwnedSemaphorePermit> {
-    tokio::select! {
-        _ = shutdown.cancelled() => None,
-        slot = slots.clone().acquire_owned() => slot.ok(),
-    }
-}
-
 /// Too many open files and the like: wait a little instead of spinning.
 async fn accept_failed(e: std::io::Error) {
     log::warn(&format!("accepting a connection failed: {e}"));
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn connection<T>(server: &Arc<Server>, via: Via, io: T, slot: OwnedSemaphorePermit)
+fn connection<T>(server: &Arc<Server>, via: Via, io: T)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Admitted before its task runs, so that a flood of connections is counted at once.
+    let held = Arc::new(server.conns.admit(Kind::Http));
     let server = server.clone();
     server.connections.clone().spawn(async move {
-        let _slot = slot; // held until the connection ends
         let stop = server.stop.clone();
-        let requests = Arc::new(AtomicU64::new(0));
         let first_request = Arc::new(Notify::new());
         let service = {
-            let (requests, first_request) = (requests.clone(), first_request.clone());
+            let (held, first_request) = (held.clone(), first_request.clone());
             service_fn(move |req| {
                 let server = server.clone();
-                if requests.fetch_add(1, Ordering::Relaxed) == 0 {
+                let busy = held.begin();
+                if held.requests() == 1 {
                     first_request.notify_one();
                 }
-                async move { Ok::<_, Infallible>(routes::handle(server, via, req).await) }
+                async move {
+                    let reply = routes::handle(server, via, req).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(reply)
+                }
             })
         };
         let conn = http1::Builder::new()
@@ -202,10 +188,12 @@ where
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => return,
+            // Closed to make room for a new client: it was idle the longest.
+            _ = held.evict.cancelled() => return,
             _ = stop.graceful.cancelled() => {}
         }
         // Accepted, but its request has not arrived yet: it gets a moment to send it.
-        if requests.load(Ordering::Relaxed) == 0 {
+        if held.requests() == 0 {
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = first_request.notified() => {}

@@ -1,9 +1,9 @@
 //! Routing and handlers.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::CONTENT_LENGTH;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, EXPECT};
 use hyper::{Method, Request, StatusCode};
 use std::sync::Arc;
 
@@ -26,6 +26,9 @@ use crate::store::time::Timestamp;
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Longest time a client may take to send its request body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Of a body too large, what is read and thrown away before the 413, and for how long.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Runs shown by the history endpoint.
 const HISTORY_LIMIT: u32 = 50;
 /// A reconciler that has not turned for this long (plus two poll intervals) is stuck.
@@ -106,6 +109,7 @@ async fn route(server: &Server, via: Via, req: Request<Incoming>) -> Result<Repl
             Ok(super::ws::upgrade(
                 app.clone(),
                 &server.connections,
+                &server.conns,
                 &server.stop,
                 req,
             ))
@@ -289,34 +293,72 @@ async fn history(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
     }
 }
 
+/// Reads a request body of at most [`MAX_BODY`] bytes, within [`BODY_TIMEOUT`].
+///
+/// A body too large is refused (413), but first read and thrown away up to
+/// [`DRAIN_LIMIT`] (for at most [`DRAIN_TIME`]), as nginx's lingering close does: a client
+/// that writes its whole body before it reads (Python's urllib, some browsers) would
+/// otherwise get a connection reset instead of the answer, since closing a socket with
+/// unread data resets it. A client that asked `Expect: 100-continue` has sent nothing yet
+/// and is answered at once.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let declared = header(CONTENT_LENGTH).and_then(|v| v.trim().parse::<usize>().ok());
+    let waits_to_send = header(EXPECT).is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if declared.is_some_and(|n| n > MAX_BODY) && waits_to_send {
         return Err(ApiError::TooLarge(MAX_BODY));
     }
+    let mut body = req.into_body();
+    let mut kept = Vec::new();
+    let mut too_large = declared.is_some_and(|n| n > MAX_BODY);
+    let mut drained = 0usize;
     // A client that stops sending half-way does not hold the connection for ever.
-    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
-    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
-        return Err(ApiError::Timeout(BODY_TIMEOUT));
-    };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::TooLarge(MAX_BODY))
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+    let mut drain_until = None;
+    loop {
+        let until = drain_until.unwrap_or(deadline);
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) if too_large => break,
+            Err(_) => return Err(ApiError::Timeout(BODY_TIMEOUT)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) if too_large => {
+                crate::log::debug(&format!("draining a body too large: {e}"));
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::Invalid(vec![FieldError {
+                    loc: vec!["body".into()],
+                    msg: format!("the request body could not be read: {e}"),
+                    kind: "body_error",
+                }]))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if !too_large && kept.len() + data.len() > MAX_BODY {
+            too_large = true;
+            kept = Vec::new();
         }
-        Err(e) => Err(ApiError::Invalid(vec![FieldError {
-            loc: vec!["body".into()],
-            msg: format!("the request body could not be read: {e}"),
-            kind: "body_error",
-        }])),
+        if too_large {
+            drain_until.get_or_insert_with(|| tokio::time::Instant::now() + DRAIN_TIME);
+            drained += data.len();
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+        } else {
+            kept.extend_from_slice(&data);
+        }
     }
+    if too_large {
+        return Err(ApiError::TooLarge(MAX_BODY));
+    }
+    Ok(Bytes::from(kept))
 }
 
 async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {

@@ -8,6 +8,7 @@
 //! once per [`LOOK_EVERY`], so idle subscriptions cost nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use tokio_util::task::TaskTracker;
 
+use super::conns::{Connections, Held, Kind};
 use super::response::{json, Reply};
 use super::tasks;
 use super::Stop;
@@ -61,6 +63,7 @@ enum ClientMessage {
 pub fn upgrade(
     app: AppRef,
     connections: &TaskTracker,
+    conns: &Arc<Connections>,
     stop: &Stop,
     mut req: Request<Incoming>,
 ) -> Reply {
@@ -82,6 +85,8 @@ pub fn upgrade(
     let accept = derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
     let stop = stop.clone();
+    // A WebSocket holds a place among the connections too (the HTTP one it came on leaves).
+    let held = conns.admit(Kind::WebSocket);
     connections.spawn(async move {
         let upgraded = tokio::select! {
             upgraded = upgrade => upgraded,
@@ -95,7 +100,7 @@ pub fn upgrade(
                     Some(limits()),
                 )
                 .await;
-                serve(app, &stop, ws).await;
+                serve(app, &stop, &held, ws).await;
             }
             Err(e) => log::debug(&format!("WebSocket upgrade failed: {e}")),
         }
@@ -129,7 +134,7 @@ enum Dirty {
     All,
 }
 
-async fn serve<S>(app: AppRef, stop: &Stop, mut ws: WebSocketStream<S>)
+async fn serve<S>(app: AppRef, stop: &Stop, held: &Held, mut ws: WebSocketStream<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -155,8 +160,17 @@ where
                 let _ = tokio::time::timeout(super::CLOSE_FRAME_TIMEOUT, ws.close(Some(frame))).await;
                 return;
             }
+            _ = held.evict.cancelled() => {
+                let frame = CloseFrame {
+                    code: CloseCode::Again,
+                    reason: "kindler holds too many connections; this one was idle the longest".into(),
+                };
+                let _ = tokio::time::timeout(super::CLOSE_FRAME_TIMEOUT, ws.close(Some(frame))).await;
+                return;
+            }
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
+                    held.touch();
                     let (reply, new) = handle(&text, &mut subscribed);
                     if let Some(reply) = reply {
                         if ws.send(Message::text(reply)).await.is_err() {
