@@ -167,6 +167,18 @@ pub async fn serve(
 
 /// `kindler reconcile --once`: one pass over the store, then exit.
 pub async fn reconcile_once(settings: Settings) -> Result<PassReport, Fatal> {
+    // Only `serve` and `migrate` create a database: a mistyped path here would otherwise
+    // make a new, empty one and report a pass over nothing as a success.
+    if !settings.database.exists() {
+        return Err(Fatal::new(
+            1,
+            format!(
+                "there is no database at {}; kindler reconcile works on an existing one \
+                 (kindler serve or kindler migrate creates it)",
+                settings.database.display()
+            ),
+        ));
+    }
     let _lock = lock_database(&settings.database)?;
     let store = open_store(&settings)?;
     let app = App::new(store, settings);

@@ -261,9 +261,39 @@ fn send_to_journal(event: &Event) -> Result<(), libsystemd::errors::SdError> {
     journal_send(priority, &event.message, fields)
 }
 
+/// Control characters written as escapes (`\x1b`, `\r`, `\0`): a script's output goes into
+/// these lines, and raw escape sequences, carriage returns and NULs on a terminal or in a
+/// log file would recolour, overwrite or cut what is shown. Tabs stay.
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_control() && (c as u32) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A record as one readable line: `LEVEL message [key=value ...]`.
 pub fn format_line(event: &Event) -> String {
-    let mut line = format!("{:<6} {}", event.priority.label(), event.message);
+    let mut line = format!(
+        "{:<6} {}",
+        event.priority.label(),
+        escape_controls(&event.message)
+    );
     if !event.fields.is_empty() {
         line.push_str(" [");
         for (i, (name, value)) in event.fields.iter().enumerate() {
@@ -271,6 +301,7 @@ pub fn format_line(event: &Event) -> String {
                 line.push(' ');
             }
             let key = name.to_ascii_lowercase();
+            let value = escape_controls(value);
             if value.contains(char::is_whitespace) || value.is_empty() {
                 let _ = write!(line, "{key}={value:?}");
             } else {
@@ -280,4 +311,20 @@ pub fn format_line(event: &Event) -> String {
         line.push(']');
     }
     line
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let e = Event::new(Priority::Info, "red \x1b[31mX\x1b[0m\rover\0nul\ttab");
+        assert_eq!(
+            format_line(&e),
+            "INFO   red \\x1b[31mX\\x1b[0m\\rover\\0nul\ttab"
+        );
+        let e = Event::new(Priority::Info, "plain").field("ERROR", "a\x1bb");
+        assert_eq!(format_line(&e), "INFO   plain [error=a\\x1bb]");
+    }
 }

@@ -61,6 +61,7 @@ Exit status: 0 after a stop, 1 on errors, 78 when the configuration cannot be us
 Logs go to the journal under systemd (journalctl -u kindler), else to stderr.";
 
 fn main() {
+    private_files();
     // A setting given twice takes the last value, as users of flags expect.
     let matches = Cli::command()
         .mut_subcommands(|sub| sub.args_override_self(true))
@@ -76,6 +77,15 @@ fn main() {
     };
     log::flush();
     std::process::exit(status)
+}
+
+/// Files kindler creates (the database, its -wal, -shm and lock files) are not for every
+/// user of the host: group and others lose write, others lose read, whatever umask kindler
+/// was started with (the packaged unit sets the same, UMask=0027).
+fn private_files() {
+    use nix::sys::stat::{umask, Mode};
+    let started_with = umask(Mode::from_bits_truncate(0o077));
+    umask(started_with | Mode::from_bits_truncate(0o027));
 }
 
 fn load(loader: &Loader) -> Result<config::Settings, Fatal> {

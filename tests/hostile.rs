@@ -219,3 +219,99 @@ fn a_client_that_writes_a_too_large_body_first_reads_the_413() {
     }
     assert_eq!(env.sqlite("SELECT COUNT(*) FROM clusters"), "0");
 }
+
+#[test]
+fn files_kindler_creates_are_not_for_every_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let mut cmd = env.command(&[]);
+    // Started with the most permissive umask: kindler narrows it itself.
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let d = env.spawn(cmd);
+    let r = env.post("/api/clusters", r#"{"name":"dev","provider":"k3d"}"#);
+    assert_eq!(r.status, 202);
+    env.await_state("dev", "running", 10 * SEC);
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let mut path = env.db().into_os_string();
+        path.push(suffix);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o027, 0, "{path:?} is {mode:o}");
+    }
+    drop(d);
+}
+
+#[test]
+fn script_output_reaches_stderr_lines_with_its_control_characters_escaped() {
+    let env = Env::new();
+    env.mode("create", "escape");
+    let d = env.start(&[]);
+    let r = env.post("/api/clusters", r#"{"name":"esc","provider":"k3d"}"#);
+    assert_eq!(r.status, 202);
+    env.await_state("esc", "running", 10 * SEC);
+    common::eventually(5 * SEC, "the escaped line", || {
+        d.log_text()
+            .contains(r"colour \x1b[31mred\x1b[0m\rover\0nul")
+            .then_some(())
+    });
+    let raw = std::fs::read(&d.log).unwrap();
+    for byte in [0x1b_u8, b'\r', 0] {
+        assert!(!raw.contains(&byte), "byte {byte:#x} written raw to stderr");
+    }
+}
+
+#[test]
+fn rows_kindler_cannot_act_on_are_listed_and_can_be_removed() {
+    let env = Env::new();
+    let _d = env.start(&[]);
+    env.sqlite("INSERT INTO clusters (name, provider) VALUES ('My_Cluster', 'k3d'), ('okname', 'minikube')");
+    let list = common::eventually(5 * SEC, "the rows in the list", || {
+        let list = env.get("/api/clusters").json();
+        (list.as_array()?.len() == 2).then_some(list)
+    });
+    for entry in list.as_array().unwrap() {
+        assert_eq!(entry["status"], "invalid", "{entry}");
+        assert_eq!(entry["invalid"], true, "{entry}");
+        let error = entry["reconcile_error"].as_str().unwrap();
+        assert!(error.contains("/forget"), "{error}");
+    }
+    let one = env.get("/api/clusters/My_Cluster");
+    assert_eq!(one.status, 200, "{one:?}");
+    assert!(
+        one.json()["reconcile_error"]
+            .as_str()
+            .unwrap()
+            .contains("name contains"),
+        "{one:?}"
+    );
+    // Nothing can be run for it; forgetting removes it.
+    let r = env.request("DELETE", "/api/clusters/My_Cluster", None);
+    assert_eq!(r.status, 409, "{r:?}");
+    assert!(r.text.contains("forget"), "{r:?}");
+    assert_eq!(env.post("/api/clusters/okname/stop", "").status, 409);
+    assert_eq!(env.post("/api/clusters/My_Cluster/forget", "").status, 200);
+    assert_eq!(env.post("/api/clusters/okname/forget", "").status, 200);
+    assert_eq!(env.get("/api/clusters").text, "[]");
+    // A name that breaks the rules and names no row is still refused as before.
+    assert_eq!(env.get("/api/clusters/No_Such").status, 422);
+}
+
+#[test]
+fn reconcile_once_creates_no_database_at_a_mistyped_path() {
+    let env = Env::new();
+    let missing = env.dir.path().join("typo/kindler.db");
+    let out = std::process::Command::new(common::BIN)
+        .args(["reconcile", "--once", "--config", "/dev/null", "--database"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("there is no database at"), "{err}");
+    assert!(!missing.exists() && !missing.parent().unwrap().exists());
+}

@@ -252,17 +252,21 @@ fn rows_other_tools_write_with_odd_types_do_not_break_the_api() {
         ["-n", "odd", "-p", "k3d", "--node-port", "30080"]
     );
 
-    // The unreadable row is left alone and reported; the list still answers.
+    // The unreadable row is left alone and listed as invalid, saying why; the list answers.
     let list = env.get("/api/clusters");
     assert_eq!(list.status, 200, "{list:?}");
-    let names: Vec<String> = list
+    let entries: Vec<(String, String)> = list
         .json()
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .map(|c| {
+            let name = c["name"].as_str().unwrap().to_owned();
+            (name, c["status"].as_str().unwrap().to_owned())
+        })
+        .filter(|(name, _)| name != "odd" && name != "wild")
         .collect();
-    assert_eq!(names, ["wild", "odd"]);
+    assert_eq!(entries, [("broken".to_owned(), "invalid".to_owned())]);
     // Numbers that are no time (1e300, microseconds) are read as none, until kindler
     // writes its own.
     let wild = env.await_state("wild", "running", 10 * SEC);

@@ -12,13 +12,14 @@ use super::guard::{self, Via};
 use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
 use super::tasks::{self, TaskKind};
 use super::views::{
-    ClusterInfo, ClusterStatus, ConfigView, Health, ProblemView, RunView, TaskCreate,
+    ClusterInfo, ClusterStatus, ConfigView, Health, IgnoredClusterInfo, ListEntry, ProblemView,
+    RunView, TaskCreate,
 };
 use super::Server;
 use crate::app::AppRef;
 use crate::log::{ids, Event, Priority};
 use crate::model::{ClusterName, DesiredState};
-use crate::store::clusters::{self, ClusterRecord};
+use crate::store::clusters::{self, ClusterRecord, InvalidRow};
 use crate::store::runs;
 use crate::store::time::Timestamp;
 
@@ -71,18 +72,24 @@ async fn route(server: &Server, via: Via, req: Request<Incoming>) -> Result<Repl
             Method::POST => create(app, req).await,
             _ => Err(ApiError::MethodNotAllowed("GET, POST")),
         },
-        ["api", "clusters", name] => {
-            let name = path_name(name)?;
-            match method {
-                Method::GET => get(server, name).await,
-                Method::DELETE => delete(app, name).await,
-                _ => Err(ApiError::MethodNotAllowed("GET, DELETE")),
-            }
-        }
+        ["api", "clusters", name] => match method {
+            Method::GET => get(server, name).await,
+            Method::DELETE => delete(app, name).await,
+            _ => Err(ApiError::MethodNotAllowed("GET, DELETE")),
+        },
         ["api", "clusters", name, "status"] => {
             only(&method, &Method::GET, "GET")?;
-            let record = find(app, path_name(name)?).await?;
-            Ok(json(StatusCode::OK, &ClusterStatus::from(&record)))
+            let name = path_name(name)?;
+            let lookup = name.clone();
+            match app
+                .store
+                .read(move |c| clusters::by_name(c, &lookup))
+                .await?
+            {
+                Some(Ok(record)) => Ok(json(StatusCode::OK, &ClusterStatus::from(&record))),
+                Some(Err(invalid)) => Ok(json(StatusCode::OK, &ClusterStatus::invalid(&invalid))),
+                None => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
+            }
         }
         ["api", "clusters", name, "history"] => {
             only(&method, &Method::GET, "GET")?;
@@ -243,8 +250,13 @@ where
 async fn list(server: &Server) -> Result<Reply, ApiError> {
     cached(server, "list".into(), async {
         let rows = server.app.store.read(clusters::list).await?;
-        let records: Vec<ClusterRecord> = rows.into_iter().filter_map(Result::ok).collect();
-        let views: Vec<ClusterInfo> = records.iter().map(ClusterInfo::from).collect();
+        let views: Vec<ListEntry> = rows
+            .iter()
+            .map(|row| match row {
+                Ok(record) => ListEntry::Cluster(record.into()),
+                Err(invalid) => ListEntry::Ignored(invalid.into()),
+            })
+            .collect();
         Ok(render(&views))
     })
     .await
@@ -258,15 +270,38 @@ async fn find(app: &AppRef, name: ClusterName) -> Result<ClusterRecord, ApiError
         .await?
     {
         Some(Ok(record)) => Ok(record),
-        Some(Err(invalid)) => Err(ApiError::Unavailable(invalid.to_string())),
+        Some(Err(invalid)) => Err(cannot_act(&invalid)),
         None => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
     }
 }
 
-async fn get(server: &Server, name: ClusterName) -> Result<Reply, ApiError> {
-    cached(server, format!("cluster/{name}"), async {
-        let record = find(&server.app, name).await?;
-        Ok(render(&ClusterInfo::from(&record)))
+/// Refuses an action on a row kindler cannot act on, saying how to get rid of it.
+fn cannot_act(invalid: &InvalidRow) -> ApiError {
+    ApiError::Conflict(format!(
+        "kindler cannot act on cluster row {:?}: {}; correct it with sqlite3, or remove it \
+         with POST /api/clusters/{}/forget",
+        invalid.name, invalid.reason, invalid.name
+    ))
+}
+
+/// One cluster, also a row kindler cannot act on (listed as `invalid`), by the name as
+/// stored; a name that breaks the rules and names no stored row is refused with 422.
+async fn get(server: &Server, raw: &str) -> Result<Reply, ApiError> {
+    let name = path_name(raw);
+    let lookup = decode(raw);
+    cached(server, format!("cluster/{lookup}"), async {
+        let key = lookup.clone();
+        let found = server
+            .app
+            .store
+            .read(move |c| clusters::by_stored_name(c, &key))
+            .await?;
+        match (found, name) {
+            (Some(Ok(record)), _) => Ok(render(&ClusterInfo::from(&record))),
+            (Some(Err(invalid)), _) => Ok(render(&IgnoredClusterInfo::from(&invalid))),
+            (None, Ok(name)) => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
+            (None, Err(refused)) => Err(refused),
+        }
     })
     .await
 }
@@ -406,7 +441,28 @@ async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError>
     ))
 }
 
-async fn delete(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
+async fn delete(app: &AppRef, raw: &str) -> Result<Reply, ApiError> {
+    let name = match path_name(raw) {
+        Ok(name) => name,
+        // A stored row another program named so: nothing can be run for it.
+        Err(refused) => {
+            let key = decode(raw);
+            return match app
+                .store
+                .read(move |c| clusters::by_stored_name(c, &key))
+                .await?
+            {
+                Some(Err(invalid)) => Err(cannot_act(&invalid)),
+                _ => Err(refused),
+            };
+        }
+    };
+    if let Some(Err(invalid)) = {
+        let key = name.clone();
+        app.store.read(move |c| clusters::by_name(c, &key)).await?
+    } {
+        return Err(cannot_act(&invalid));
+    }
     if app
         .settings()
         .protected_clusters

@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::health::{IgnoredRow, Problem};
 use crate::model::{ActualState, AddOnStatus};
-use crate::store::clusters::ClusterRecord;
+use crate::store::clusters::{ClusterRecord, InvalidRow};
 use crate::store::runs::RunRecord;
 use crate::store::time::Timestamp;
 
@@ -72,6 +72,69 @@ impl<'a> From<&'a ClusterRecord> for ClusterInfo<'a> {
     }
 }
 
+/// A row kindler cannot act on (another program wrote it), shown in the cluster list with
+/// the contract's fields so that the WebUI can show it: what can be read of it, the status
+/// `invalid`, and in `reconcile_error` why and what to do.
+#[derive(Serialize)]
+pub struct IgnoredClusterInfo<'a> {
+    pub name: &'a str,
+    pub provider: &'static str,
+    pub node_port: u16,
+    pub pf_port: u16,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub cluster_subnet: Option<&'a str>,
+    pub register_portainer: bool,
+    pub haproxy_route: bool,
+    pub register_argocd: bool,
+    pub status: &'static str,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub desired_state: &'static str,
+    pub actual_state: &'static str,
+    pub last_reconciled_at: Option<String>,
+    pub reconcile_error: String,
+    /// kindler's addition: this row is not acted on.
+    pub invalid: bool,
+}
+
+impl<'a> From<&'a InvalidRow> for IgnoredClusterInfo<'a> {
+    fn from(r: &'a InvalidRow) -> Self {
+        IgnoredClusterInfo {
+            name: &r.name,
+            provider: "",
+            node_port: 0,
+            pf_port: 0,
+            http_port: 0,
+            https_port: 0,
+            cluster_subnet: None,
+            register_portainer: false,
+            haproxy_route: false,
+            register_argocd: false,
+            status: "invalid",
+            created_at: None,
+            updated_at: None,
+            desired_state: "unknown",
+            actual_state: "invalid",
+            last_reconciled_at: None,
+            reconcile_error: format!(
+                "kindler cannot act on this row: {}. Correct it with sqlite3, or remove it with \
+                 POST /api/clusters/{}/forget",
+                r.reason, r.name
+            ),
+            invalid: true,
+        }
+    }
+}
+
+/// An entry of the cluster list.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum ListEntry<'a> {
+    Cluster(ClusterInfo<'a>),
+    Ignored(IgnoredClusterInfo<'a>),
+}
+
 #[derive(Serialize)]
 pub struct ClusterStatus<'a> {
     pub name: &'a str,
@@ -81,6 +144,21 @@ pub struct ClusterStatus<'a> {
     pub portainer_status: &'static str,
     pub argocd_status: &'static str,
     pub error_message: Option<&'a str>,
+}
+
+impl<'a> ClusterStatus<'a> {
+    /// A row kindler cannot act on: status `invalid`, and why.
+    pub fn invalid(r: &'a InvalidRow) -> Self {
+        ClusterStatus {
+            name: &r.name,
+            status: "invalid",
+            nodes_ready: 0,
+            nodes_total: 0,
+            portainer_status: "unknown",
+            argocd_status: "unknown",
+            error_message: Some(&r.reason),
+        }
+    }
 }
 
 impl<'a> From<&'a ClusterRecord> for ClusterStatus<'a> {

@@ -160,9 +160,15 @@ pub fn list(conn: &Connection) -> StoreResult<Vec<Parsed>> {
 }
 
 pub fn by_name(conn: &Connection, name: &ClusterName) -> StoreResult<Option<Parsed>> {
+    by_stored_name(conn, name.as_str())
+}
+
+/// The row named `name` as it is stored, whether or not it is a valid name (another
+/// program may have written `My_Cluster`).
+pub fn by_stored_name(conn: &Connection, name: &str) -> StoreResult<Option<Parsed>> {
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {COLUMNS} FROM clusters WHERE name = ?1"))?;
-    Ok(stmt.query_row([name.as_str()], from_row).optional()?)
+    Ok(stmt.query_row([name], from_row).optional()?)
 }
 
 pub fn by_id(conn: &Connection, id: i64) -> StoreResult<Option<Parsed>> {
