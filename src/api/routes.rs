@@ -12,8 +12,7 @@ use super::guard::{self, Via};
 use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
 use super::tasks::{self, TaskKind};
 use super::views::{
-    ClusterInfo, ClusterStatus, ConfigView, Health, IgnoredClusterInfo, ListEntry, ProblemView,
-    RunView, TaskCreate,
+    ClusterInfo, ClusterStatus, ConfigView, Health, ProblemView, RunView, TaskCreate,
 };
 use super::Server;
 use crate::app::AppRef;
@@ -250,11 +249,11 @@ where
 async fn list(server: &Server) -> Result<Reply, ApiError> {
     cached(server, "list".into(), async {
         let rows = server.app.store.read(clusters::list).await?;
-        let views: Vec<ListEntry> = rows
+        let views: Vec<ClusterInfo> = rows
             .iter()
             .map(|row| match row {
-                Ok(record) => ListEntry::Cluster(record.into()),
-                Err(invalid) => ListEntry::Ignored(invalid.into()),
+                Ok(record) => record.into(),
+                Err(invalid) => invalid.into(),
             })
             .collect();
         Ok(render(&views))
@@ -298,7 +297,7 @@ async fn get(server: &Server, raw: &str) -> Result<Reply, ApiError> {
             .await?;
         match (found, name) {
             (Some(Ok(record)), _) => Ok(render(&ClusterInfo::from(&record))),
-            (Some(Err(invalid)), _) => Ok(render(&IgnoredClusterInfo::from(&invalid))),
+            (Some(Err(invalid)), _) => Ok(render(&ClusterInfo::from(&invalid))),
             (None, Ok(name)) => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
             (None, Err(refused)) => Err(refused),
         }

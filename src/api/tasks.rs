@@ -360,7 +360,7 @@ fn waiting(f: &Facts, row: &ClusterRecord, now: &Activity) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ActualState, AddOnStatus, ClusterSpec, Provider};
+    use crate::model::ActualState;
 
     fn name(n: &str) -> ClusterName {
         ClusterName::parse(n).unwrap()
@@ -385,34 +385,10 @@ mod tests {
 
     fn row(desired: DesiredState, actual: ActualState, generation: i64) -> ClusterRecord {
         ClusterRecord {
-            id: 1,
-            spec: ClusterSpec {
-                name: name("dev"),
-                provider: Provider::K3d,
-                node_port: 30080,
-                pf_port: 19001,
-                http_port: 18090,
-                https_port: 18443,
-                cluster_subnet: None,
-                register_portainer: true,
-                haproxy_route: true,
-                register_argocd: true,
-            },
-            desired,
-            actual,
             created_at: at("2026-12-01 10:00:00.000"),
             updated_at: at("2026-12-01 10:00:01.000"),
-            last_reconciled_at: None,
-            last_transition_at: None,
-            next_attempt_at: None,
-            reconcile_error: None,
             generation,
-            observed_generation: 0,
-            attempts: 0,
-            last_action: None,
-            nodes_ready: None,
-            nodes_total: None,
-            add_ons: AddOnStatus::UNKNOWN,
+            ..ClusterRecord::sample(desired, actual)
         }
     }
 

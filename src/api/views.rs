@@ -1,5 +1,7 @@
 //! The JSON shapes of the contract (and kindler's additions, which only add fields).
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::config::Settings;
@@ -13,6 +15,7 @@ fn iso(t: Option<Timestamp>) -> Option<String> {
     t.map(Timestamp::iso)
 }
 
+/// A cluster as the API shows it: the contract's `ClusterInfo` and kindler's additions.
 #[derive(Serialize)]
 pub struct ClusterInfo<'a> {
     pub name: &'a str,
@@ -31,7 +34,7 @@ pub struct ClusterInfo<'a> {
     pub desired_state: &'static str,
     pub actual_state: &'static str,
     pub last_reconciled_at: Option<String>,
-    pub reconcile_error: Option<&'a str>,
+    pub reconcile_error: Option<Cow<'a, str>>,
     // kindler's additions
     pub generation: i64,
     pub observed_generation: i64,
@@ -39,6 +42,9 @@ pub struct ClusterInfo<'a> {
     pub next_attempt_at: Option<String>,
     pub last_transition_at: Option<String>,
     pub last_action: Option<&'static str>,
+    /// Set on a row kindler cannot act on (another program wrote it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
 }
 
 impl<'a> From<&'a ClusterRecord> for ClusterInfo<'a> {
@@ -61,46 +67,24 @@ impl<'a> From<&'a ClusterRecord> for ClusterInfo<'a> {
             desired_state: c.desired.as_str(),
             actual_state: c.actual.as_str(),
             last_reconciled_at: iso(c.last_reconciled_at),
-            reconcile_error: c.reconcile_error.as_deref(),
+            reconcile_error: c.reconcile_error.as_deref().map(Cow::Borrowed),
             generation: c.generation,
             observed_generation: c.observed_generation,
             attempts: c.attempts,
             next_attempt_at: iso(c.next_attempt_at),
             last_transition_at: iso(c.last_transition_at),
             last_action: c.last_action.map(|a| a.as_str()),
+            invalid: false,
         }
     }
 }
 
-/// A row kindler cannot act on (another program wrote it), shown in the cluster list with
-/// the contract's fields so that the WebUI can show it: what can be read of it, the status
-/// `invalid`, and in `reconcile_error` why and what to do.
-#[derive(Serialize)]
-pub struct IgnoredClusterInfo<'a> {
-    pub name: &'a str,
-    pub provider: &'static str,
-    pub node_port: u16,
-    pub pf_port: u16,
-    pub http_port: u16,
-    pub https_port: u16,
-    pub cluster_subnet: Option<&'a str>,
-    pub register_portainer: bool,
-    pub haproxy_route: bool,
-    pub register_argocd: bool,
-    pub status: &'static str,
-    pub created_at: Option<String>,
-    pub updated_at: Option<String>,
-    pub desired_state: &'static str,
-    pub actual_state: &'static str,
-    pub last_reconciled_at: Option<String>,
-    pub reconcile_error: String,
-    /// kindler's addition: this row is not acted on.
-    pub invalid: bool,
-}
-
-impl<'a> From<&'a InvalidRow> for IgnoredClusterInfo<'a> {
+/// A row kindler cannot act on, with the contract's fields so that the WebUI can list it:
+/// its name, the status `invalid`, and in `reconcile_error` why and what to do; what cannot
+/// be read is zero or empty.
+impl<'a> From<&'a InvalidRow> for ClusterInfo<'a> {
     fn from(r: &'a InvalidRow) -> Self {
-        IgnoredClusterInfo {
+        ClusterInfo {
             name: &r.name,
             provider: "",
             node_port: 0,
@@ -117,22 +101,20 @@ impl<'a> From<&'a InvalidRow> for IgnoredClusterInfo<'a> {
             desired_state: "unknown",
             actual_state: "invalid",
             last_reconciled_at: None,
-            reconcile_error: format!(
+            reconcile_error: Some(Cow::Owned(format!(
                 "kindler cannot act on this row: {}. Correct it with sqlite3, or remove it with \
                  POST /api/clusters/{}/forget",
                 r.reason, r.name
-            ),
+            ))),
+            generation: 0,
+            observed_generation: 0,
+            attempts: 0,
+            next_attempt_at: None,
+            last_transition_at: None,
+            last_action: None,
             invalid: true,
         }
     }
-}
-
-/// An entry of the cluster list.
-#[derive(Serialize)]
-#[serde(untagged)]
-pub enum ListEntry<'a> {
-    Cluster(ClusterInfo<'a>),
-    Ignored(IgnoredClusterInfo<'a>),
 }
 
 #[derive(Serialize)]

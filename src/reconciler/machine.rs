@@ -293,39 +293,13 @@ pub fn ended(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AddOnStatus, ClusterName, ClusterSpec, Provider};
+
     use crate::runner::Exit;
 
     fn record(desired: D, actual: A, last_action: Option<Action>) -> ClusterRecord {
         ClusterRecord {
-            id: 1,
-            spec: ClusterSpec {
-                name: ClusterName::parse("dev").unwrap(),
-                provider: Provider::K3d,
-                node_port: 30080,
-                pf_port: 19001,
-                http_port: 18090,
-                https_port: 18443,
-                cluster_subnet: None,
-                register_portainer: true,
-                haproxy_route: true,
-                register_argocd: true,
-            },
-            desired,
-            actual,
-            created_at: None,
-            updated_at: None,
-            last_reconciled_at: None,
-            last_transition_at: None,
-            next_attempt_at: None,
-            reconcile_error: None,
-            generation: 1,
-            observed_generation: 0,
-            attempts: 0,
             last_action,
-            nodes_ready: None,
-            nodes_total: None,
-            add_ons: AddOnStatus::UNKNOWN,
+            ..ClusterRecord::sample(desired, actual)
         }
     }
 

@@ -38,6 +38,44 @@ pub struct ClusterRecord {
     pub add_ons: AddOnStatus,
 }
 
+#[cfg(test)]
+impl ClusterRecord {
+    /// A cluster `dev` (k3d, the WebUI's ports, generation 1, no times) for the unit tests of
+    /// what is decided about rows.
+    pub fn sample(desired: DesiredState, actual: ActualState) -> ClusterRecord {
+        ClusterRecord {
+            id: 1,
+            spec: ClusterSpec {
+                name: ClusterName::parse("dev").unwrap(),
+                provider: Provider::K3d,
+                node_port: 30080,
+                pf_port: 19001,
+                http_port: 18090,
+                https_port: 18443,
+                cluster_subnet: None,
+                register_portainer: true,
+                haproxy_route: true,
+                register_argocd: true,
+            },
+            desired,
+            actual,
+            created_at: None,
+            updated_at: None,
+            last_reconciled_at: None,
+            last_transition_at: None,
+            next_attempt_at: None,
+            reconcile_error: None,
+            generation: 1,
+            observed_generation: 0,
+            attempts: 0,
+            last_action: None,
+            nodes_ready: None,
+            nodes_total: None,
+            add_ons: AddOnStatus::UNKNOWN,
+        }
+    }
+}
+
 /// A row another program wrote that kindler cannot act on; it is reported and left as it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InvalidRow {
