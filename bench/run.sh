@@ -2,7 +2,7 @@
 # kindler's benchmark suite, in one command.
 #
 #   bench/run.sh            the full suite (about 2 minutes): builds the release binary and
-#                           the bench (benches/kindler.rs), runs every measurement and prints
+#                           the bench (benches/kindler/), runs every measurement and prints
 #                           one table, each figure next to its target (ok / MISSED).
 #                           Exit status 1 when a target was missed, 2 when the setup is broken.
 #   bench/run.sh --quick    a short smoke run for CI (about 20 s once built): the

@@ -1,4 +1,4 @@
--- wrk script for the POST /api/clusters benchmark (used by benches/kindler.rs).
+-- wrk script for the POST /api/clusters benchmark (used by benches/kindler/m2_api.rs).
 --
 -- Every request declares a new cluster: a unique name and three host ports no other
 -- cluster holds, since kindler refuses a port that another cluster uses (409).

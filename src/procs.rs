@@ -61,7 +61,7 @@ impl Target {
             let Some(st) = stat(pid) else {
                 continue;
             };
-            if st.state == 'Z' || st.state == 'X' {
+            if !st.is_live() {
                 continue;
             }
             if Some(st.pgrp) == self.pgid || has_env(pid, needle.as_bytes()) {
@@ -116,20 +116,33 @@ impl Target {
 }
 
 /// What `/proc/PID/stat` says about a process.
-struct ProcStat {
-    state: char,
-    pgrp: i32,
+pub(crate) struct ProcStat {
+    pub state: char,
+    pub pgrp: i32,
 }
 
-fn stat(pid: i32) -> Option<ProcStat> {
+impl ProcStat {
+    /// Not a zombie (exited, not reaped yet) nor dead.
+    pub fn is_live(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X')
+    }
+}
+
+pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may itself contain ") ", so split at the last.
-    // What follows starts with field 3 (state); pgrp is field 5.
-    let mut fields = text[text.rfind(')')? + 2..].split(' ');
+    // Field 3 is the state; pgrp is field 5.
+    let mut fields = stat_fields(&text)?;
     let state = fields.next()?.chars().next()?;
     let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some(ProcStat { state, pgrp })
+}
+
+/// The fields of a `/proc/PID/stat` text from field 3 (the state) on, as proc(5) numbers
+/// them. The command name before them is in parentheses and may itself contain ") ", so
+/// they start after the last ')'.
+pub(crate) fn stat_fields(text: &str) -> Option<std::str::Split<'_, char>> {
+    Some(text.get(text.rfind(')')? + 2..)?.split(' '))
 }
 
 fn has_env(pid: i32, needle: &[u8]) -> bool {

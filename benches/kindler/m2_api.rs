@@ -1,0 +1,146 @@
+//! Measurement 2, the API under wrk (`wrk -t1 -cN -d5s --latency`, 1 and 32 connections):
+//! reads of one cluster and of the list, on a store of 100 converged clusters; declarations
+//! of a new cluster per request (`bench/wrk-post.lua`), each run on a fresh store, with
+//! scripts that take long (judged) and with `/bin/true` (shown).
+
+use std::path::PathBuf;
+
+use crate::harness::{http_once, which, which_path, Ctx, MANIFEST_DIR};
+use crate::report::{Goal, Table};
+use crate::store::{add_clusters, count, new_store};
+use crate::wrk::{wrk, WrkResult};
+use crate::Res;
+
+pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
+    let secs = if ctx.quick { 1 } else { 5 };
+    which("wrk", "apt-get install wrk")?;
+    reads(ctx, t, secs)?;
+    // Declarations measured twice: with scripts that take as long as real ones do (the
+    // target figures: three creates run, the rest wait their turn), and with /bin/true, so
+    // that the reconciler starts two processes per declaration as fast as it can on the same
+    // two cores (shown, not judged).
+    for (scripts, judged) in [("long", true), ("instant", false)] {
+        for conns in [1, 32] {
+            let run = declarations(ctx, secs, conns, scripts)?;
+            let label = match scripts {
+                "long" => format!("POST /api/clusters (unique names), {conns} conn"),
+                _ => format!(
+                    "  same, /bin/true as the scripts (create + probe per declaration), {conns} conn"
+                ),
+            };
+            let (rate_goal, p99_goal) = if judged {
+                (Goal::AtLeast(2_000.0), Goal::Below(10.0))
+            } else {
+                (Goal::Info, Goal::Info)
+            };
+            let note = if judged {
+                "scripts that take long: 3 creates run meanwhile".to_owned()
+            } else {
+                format!(
+                    "{} of {} running when wrk stopped",
+                    run.running, run.declared
+                )
+            };
+            let w = &run.wrk;
+            t.figure_note("2", &label, w.rps, "req/s", rate_goal, &note);
+            t.figure_note("2", &format!("{label}, p99"), w.p99_ms, "ms", p99_goal, "");
+        }
+    }
+    Ok(())
+}
+
+/// The reads.
+fn reads(ctx: &Ctx, t: &mut Table, secs: u64) -> Res<()> {
+    let dir = ctx.dir("api-get")?;
+    let db = new_store(&dir)?;
+    add_clusters(&db, "c", 0, 100, "running")?;
+    let d = ctx.daemon(&dir, &db, &[], &[])?;
+    let list = http_once(d.port, "GET", "/api/clusters")?;
+    let listed = serde_json::from_str::<serde_json::Value>(&list.text)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len));
+    if list.status != 200 || listed != Some(100) {
+        return Err(format!(
+            "GET /api/clusters: {}, {listed:?} clusters",
+            list.status
+        ));
+    }
+    let cases = [
+        ("GET /api/clusters/{name}", "/api/clusters/c42", 20_000.0),
+        ("GET /api/clusters (100 clusters)", "/api/clusters", 8_000.0),
+    ];
+    for (what, path, floor) in cases {
+        for conns in [1, 32] {
+            let w = wrk(d.port, path, conns, secs, None)?;
+            let label = format!("{what}, {conns} conn");
+            t.figure("2", &label, w.rps, "req/s", Goal::AtLeast(floor));
+            let mut note = String::new();
+            if w.non2xx > 0 || w.errors > 0 {
+                note = format!("{} non-2xx, {} socket errors", w.non2xx, w.errors);
+            }
+            t.figure_note(
+                "2",
+                &format!("{label}, p99"),
+                w.p99_ms,
+                "ms",
+                Goal::Info,
+                &note,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One run of declarations against a fresh daemon and store.
+struct Declarations {
+    wrk: WrkResult,
+    declared: i64,
+    running: i64,
+}
+
+/// One wrk run of `POST /api/clusters` against a fresh daemon and store (every POST claims
+/// three host ports, and there are only ~21,500 sets of them).
+fn declarations(ctx: &Ctx, secs: u64, conns: u32, scripts: &str) -> Res<Declarations> {
+    let dir = ctx.dir(&format!("api-post-{scripts}-{conns}"))?;
+    let db = new_store(&dir)?;
+    let d = if scripts == "long" {
+        ctx.daemon(&dir, &db, &[], &[("BENCH_STANDIN_CREATE", "hang")])?
+    } else {
+        let instant = which_path("true")?;
+        let args = ["--create-command", &instant, "--probe-command", &instant];
+        ctx.daemon(&dir, &db, &args, &[])?
+    };
+    let w = post_wrk(d.port, secs, conns)?;
+    if w.non2xx > 0 {
+        // The daemon logs why it refuses writes (health events), and the store says how
+        // many declarations it took: enough to tell a refusal from a benchmark error.
+        return Err(format!(
+            "POST benchmark with {conns} connections: {} answers were not 2xx, at {:.0} req/s \
+             ({} clusters stored); the daemon's log ends with:\n{}",
+            w.non2xx,
+            w.rps,
+            count(&db, "1").unwrap_or(-1),
+            d.log_tail(15)
+        ));
+    }
+    Ok(Declarations {
+        declared: count(&db, "1")?,
+        running: count(&db, "actual_state = 'running'")?,
+        wrk: w,
+    })
+}
+
+/// wrk with `bench/wrk-post.lua`: 3 s for one connection; 32 connections get 1 s (room for
+/// 21,000 declarations a second). At most `secs`.
+fn post_wrk(port: u16, secs: u64, conns: u32) -> Res<WrkResult> {
+    let script = PathBuf::from(MANIFEST_DIR).join("bench/wrk-post.lua");
+    let prefix = format!("p{conns}-");
+    let secs = secs.min(if conns == 1 { 3 } else { 1 });
+    wrk(
+        port,
+        "/api/clusters",
+        conns,
+        secs,
+        Some((&script, &[prefix.as_str(), "1024"])),
+    )
+}
