@@ -1,12 +1,22 @@
-//! Measurement 2, the API under wrk (`wrk -t1 -cN -d5s --latency`, 1 and 32 connections):
-//! reads of one cluster and of the list, on a store of 100 converged clusters; declarations
-//! of a new cluster per request (`bench/wrk-post.lua`), each run on a fresh store, with
-//! scripts that take long (judged) and with `/bin/true` (shown).
+//! Measurement 2, the API under wrk (`wrk -t1 -cN -d5s --latency`, 1 and 32 connections): reads of
+//! one cluster and of the list, on a store of 100 converged clusters; declarations of a new cluster
+//! per request (`bench/wrk-post.lua`), each run on a fresh store, with scripts that take long
+//! (judged) and with `/bin/true` (shown).
+//!
+//! Every rate is also measured against a bare hyper server ([`crate::bare`]) answering the same
+//! requests with kindler's own bytes, right after kindler's run and with the same connections and
+//! duration, and given as a share of it: how far kindler is from what HTTP alone reaches on this
+//! machine.
 
 use std::path::PathBuf;
 
-use crate::harness::{http_once, which, which_path, Ctx, MANIFEST_DIR};
-use crate::report::{Goal, Table};
+use kindler::testkit::Response;
+
+use crate::bare::{versus, Answer, Bare};
+use crate::harness::{
+    call, cluster_body, connect, http_once, which, which_path, Ctx, MANIFEST_DIR,
+};
+use crate::report::{show, Goal, Table};
 use crate::store::{add_clusters, count, new_store};
 use crate::wrk::{wrk, WrkResult};
 use crate::Res;
@@ -14,14 +24,28 @@ use crate::Res;
 pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
     let secs = if ctx.quick { 1 } else { 5 };
     which("wrk", "apt-get install wrk")?;
-    reads(ctx, t, secs)?;
+    let accepted = reads(ctx, t, secs)?;
     // Declarations measured twice: with scripts that take as long as real ones do (the
     // target figures: three creates run, the rest wait their turn), and with /bin/true, so
     // that the reconciler starts two processes per declaration as fast as it can on the same
-    // two cores (shown, not judged).
+    // two cores (shown, not judged). The bare server answers kindler's 202 to them all.
+    let body = cluster_body("bare", 0);
+    let bare = Bare::start(
+        vec![Answer::replay("POST", "/api/clusters", accepted)?],
+        Some(&body),
+    )?;
+    let mut bare_rates: Vec<(u32, WrkResult)> = Vec::new();
     for (scripts, judged) in [("long", true), ("instant", false)] {
         for conns in [1, 32] {
             let run = declarations(ctx, secs, conns, scripts)?;
+            if !bare_rates.iter().any(|(c, _)| *c == conns) {
+                let b = post_wrk(bare.port, secs, conns)?;
+                bare_rates.push((conns, b));
+            }
+            let (_, b) = bare_rates
+                .iter()
+                .find(|(c, _)| *c == conns)
+                .expect("just run");
             let label = match scripts {
                 "long" => format!("POST /api/clusters (unique names), {conns} conn"),
                 _ => format!(
@@ -42,15 +66,26 @@ pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
                 )
             };
             let w = &run.wrk;
+            let note = format!("{note}; {}", versus(w, b));
             t.figure_note("2", &label, w.rps, "req/s", rate_goal, &note);
-            t.figure_note("2", &format!("{label}, p99"), w.p99_ms, "ms", p99_goal, "");
+            let note = format!("bare hyper {} ms", show(b.p99_ms));
+            t.figure_note(
+                "2",
+                &format!("{label}, p99"),
+                w.p99_ms,
+                "ms",
+                p99_goal,
+                &note,
+            );
         }
     }
     Ok(())
 }
 
-/// The reads.
-fn reads(ctx: &Ctx, t: &mut Table, secs: u64) -> Res<()> {
+/// The reads, against kindler and the bare server in turns. Returns kindler's answer to
+/// a declaration, for the bare server of the declarations: taken last, so that the reads
+/// saw 100 clusters.
+fn reads(ctx: &Ctx, t: &mut Table, secs: u64) -> Res<Response> {
     let dir = ctx.dir("api-get")?;
     let db = new_store(&dir)?;
     add_clusters(&db, "c", 0, 100, "running")?;
@@ -65,6 +100,14 @@ fn reads(ctx: &Ctx, t: &mut Table, secs: u64) -> Res<()> {
             list.status
         ));
     }
+    let one = http_once(d.port, "GET", "/api/clusters/c42")?;
+    let bare = Bare::start(
+        vec![
+            Answer::replay("GET", "/api/clusters/c42", one)?,
+            Answer::replay("GET", "/api/clusters", list)?,
+        ],
+        None,
+    )?;
     let cases = [
         ("GET /api/clusters/{name}", "/api/clusters/c42", 20_000.0),
         ("GET /api/clusters (100 clusters)", "/api/clusters", 8_000.0),
@@ -72,11 +115,19 @@ fn reads(ctx: &Ctx, t: &mut Table, secs: u64) -> Res<()> {
     for (what, path, floor) in cases {
         for conns in [1, 32] {
             let w = wrk(d.port, path, conns, secs, None)?;
+            let b = wrk(bare.port, path, conns, secs, None)?;
             let label = format!("{what}, {conns} conn");
-            t.figure("2", &label, w.rps, "req/s", Goal::AtLeast(floor));
-            let mut note = String::new();
+            t.figure_note(
+                "2",
+                &label,
+                w.rps,
+                "req/s",
+                Goal::AtLeast(floor),
+                &versus(&w, &b),
+            );
+            let mut note = format!("bare hyper {} ms", show(b.p99_ms));
             if w.non2xx > 0 || w.errors > 0 {
-                note = format!("{} non-2xx, {} socket errors", w.non2xx, w.errors);
+                note = format!("{note}; {} non-2xx, {} socket errors", w.non2xx, w.errors);
             }
             t.figure_note(
                 "2",
@@ -88,7 +139,13 @@ fn reads(ctx: &Ctx, t: &mut Table, secs: u64) -> Res<()> {
             );
         }
     }
-    Ok(())
+    // Host ports no cluster of the store holds (they hold those of clusters 0 to 99).
+    let body = cluster_body("bare", 100);
+    let accepted = call(&mut connect(d.port)?, "POST", "/api/clusters", Some(&body))?;
+    if accepted.status != 202 {
+        return Err(format!("POST /api/clusters: {accepted:?}"));
+    }
+    Ok(accepted)
 }
 
 /// One run of declarations against a fresh daemon and store.

@@ -14,10 +14,11 @@
 //!
 //! One file a measurement (`m1_…` to `m7_…`); the rest is what they share: [`harness`]
 //! (the benchmarked daemons and their API), [`store`] (stores written with SQL),
-//! [`standin`], [`wrk`] and [`report`]
+//! [`standin`], [`wrk`], [`bare`] (the bare hyper server of measurement 2) and [`report`]
 //! (the table). What the integration tests share with the benches (starting a daemon,
 //! HTTP, NOTIFY_SOCKET, /proc) is `kindler::testkit`.
 
+mod bare;
 mod harness;
 mod m1_post_latency;
 mod m2_api;
