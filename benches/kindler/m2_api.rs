@@ -37,9 +37,9 @@ pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
     let mut bare_rates: Vec<(u32, WrkResult)> = Vec::new();
     for (scripts, judged) in [("long", true), ("instant", false)] {
         for conns in [1, 32] {
-            let run = declarations(ctx, secs, conns, scripts)?;
+            let run = declarations(ctx, secs, conns, scripts, false)?;
             if !bare_rates.iter().any(|(c, _)| *c == conns) {
-                let b = post_wrk(bare.port, secs, conns)?;
+                let b = post_wrk(bare.port, secs, conns, false)?;
                 bare_rates.push((conns, b));
             }
             let (_, b) = bare_rates
@@ -156,9 +156,17 @@ struct Declarations {
 }
 
 /// One wrk run of `POST /api/clusters` against a fresh daemon and store (every POST claims
-/// three host ports, and there are only ~21,500 sets of them).
-fn declarations(ctx: &Ctx, secs: u64, conns: u32, scripts: &str) -> Res<Declarations> {
-    let dir = ctx.dir(&format!("api-post-{scripts}-{conns}"))?;
+/// three host ports, and there are only ~21,500 sets of them). `diagnose`: wrk counts the
+/// answers' statuses (which slows it), for a re-run after answers that were not 2xx.
+fn declarations(
+    ctx: &Ctx,
+    secs: u64,
+    conns: u32,
+    scripts: &str,
+    diagnose: bool,
+) -> Res<Declarations> {
+    let name = if diagnose { "diagnose" } else { "api-post" };
+    let dir = ctx.dir(&format!("{name}-{scripts}-{conns}"))?;
     let db = new_store(&dir)?;
     let d = if scripts == "long" {
         ctx.daemon(&dir, &db, &[], &[("BENCH_STANDIN_CREATE", "hang")])?
@@ -167,17 +175,35 @@ fn declarations(ctx: &Ctx, secs: u64, conns: u32, scripts: &str) -> Res<Declarat
         let args = ["--create-command", &instant, "--probe-command", &instant];
         ctx.daemon(&dir, &db, &args, &[])?
     };
-    let w = post_wrk(d.port, secs, conns)?;
-    if w.non2xx > 0 {
-        // The daemon logs why it refuses writes (health events), and the store says how
-        // many declarations it took: enough to tell a refusal from a benchmark error.
+    let w = post_wrk(d.port, secs, conns, diagnose)?;
+    if w.non2xx > 0 && !diagnose {
+        // The daemon logs why it refuses writes (health events), the store says how many
+        // declarations it took, and a re-run says what the answers were: enough to tell a
+        // refusal from a benchmark error.
+        let stored = count(&db, "1").unwrap_or(-1);
+        let log = d.log_tail(15);
+        drop(d);
+        // Its statuses go in the first line, which the table shows.
+        let (counted, again) = match declarations(ctx, secs, conns, scripts, true) {
+            Ok(again) => {
+                let out = again.wrk.script_output;
+                let counted: Vec<&str> = out.lines().filter(|l| l.starts_with("status ")).collect();
+                (counted.join(", "), out)
+            }
+            Err(e) => (String::new(), format!("it failed: {e}")),
+        };
         return Err(format!(
             "POST benchmark with {conns} connections: {} answers were not 2xx, at {:.0} req/s \
-             ({} clusters stored); the daemon's log ends with:\n{}",
+             ({stored} clusters stored); a re-run counting statuses got: {}\n\
+             The daemon's log ends with:\n{log}\n\
+             The re-run (on a fresh store, with wrk slowed by the counting):\n{again}",
             w.non2xx,
             w.rps,
-            count(&db, "1").unwrap_or(-1),
-            d.log_tail(15)
+            if counted.is_empty() {
+                "nothing"
+            } else {
+                &counted
+            },
         ));
     }
     Ok(Declarations {
@@ -189,15 +215,13 @@ fn declarations(ctx: &Ctx, secs: u64, conns: u32, scripts: &str) -> Res<Declarat
 
 /// wrk with `bench/wrk-post.lua`: 3 s for one connection; 32 connections get 1 s (room for
 /// 21,000 declarations a second). At most `secs`.
-fn post_wrk(port: u16, secs: u64, conns: u32) -> Res<WrkResult> {
+fn post_wrk(port: u16, secs: u64, conns: u32, diagnose: bool) -> Res<WrkResult> {
     let script = PathBuf::from(MANIFEST_DIR).join("bench/wrk-post.lua");
     let prefix = format!("p{conns}-");
+    let mut args = vec![prefix.as_str(), "1024"];
+    if diagnose {
+        args.push("statuses");
+    }
     let secs = secs.min(if conns == 1 { 3 } else { 1 });
-    wrk(
-        port,
-        "/api/clusters",
-        conns,
-        secs,
-        Some((&script, &[prefix.as_str(), "1024"])),
-    )
+    wrk(port, "/api/clusters", conns, secs, Some((&script, &args)))
 }

@@ -11,6 +11,8 @@ pub struct WrkResult {
     /// Answers with a status of 400 or more.
     pub non2xx: u64,
     pub errors: u64,
+    /// What the script printed after wrk's report (its `done()`).
+    pub script_output: String,
 }
 
 /// `wrk -t1 -cCONNS -dSECSs --latency` against 127.0.0.1:PORT/PATH, with a Lua script and
@@ -69,11 +71,18 @@ pub fn wrk(
                 .sum()
         })
         .unwrap_or(0);
+    let script_output = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Transfer/sec:"))
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\n");
     Ok(WrkResult {
         rps,
         p99_ms,
         non2xx,
         errors,
+        script_output,
     })
 }
 
