@@ -108,21 +108,16 @@ impl Connection {
         let mut chunk = [0u8; 65536];
         loop {
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let (status, head) = parse_head(&self.buf[..end])?;
-                let len: usize = Response {
-                    status,
-                    head,
-                    text: String::new(),
-                }
-                .header("content-length")
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad(&self.buf[..end]))?;
-                if self.buf.len() >= end + 4 + len {
-                    let text =
-                        String::from_utf8_lossy(&self.buf[end + 4..end + 4 + len]).into_owned();
-                    let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                    self.buf.drain(..end + 4 + len);
-                    return Ok(Response { status, head, text });
+                let mut r = parse_head(&self.buf[..end])?;
+                let len: usize = r
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| bad(&self.buf[..end]))?;
+                let whole = end + 4 + len;
+                if self.buf.len() >= whole {
+                    r.text = String::from_utf8_lossy(&self.buf[end + 4..whole]).into_owned();
+                    self.buf.drain(..whole);
+                    return Ok(r);
                 }
             }
             let n = self.stream.read(&mut chunk)?;
@@ -158,22 +153,24 @@ fn request_bytes(method: &str, path: &str, body: Option<&str>, close: bool) -> V
 /// A whole response: the head, and everything after it as the body.
 fn parse_response(buf: &[u8]) -> std::io::Result<Response> {
     let end = find(buf, b"\r\n\r\n").ok_or_else(|| bad(buf))?;
-    let (status, head) = parse_head(&buf[..end])?;
-    Ok(Response {
-        status,
-        head,
-        text: String::from_utf8_lossy(&buf[end + 4..]).into_owned(),
-    })
+    let mut r = parse_head(&buf[..end])?;
+    r.text = String::from_utf8_lossy(&buf[end + 4..]).into_owned();
+    Ok(r)
 }
 
-fn parse_head(head: &[u8]) -> std::io::Result<(u16, String)> {
+/// The status line and headers; the body is left empty.
+fn parse_head(head: &[u8]) -> std::io::Result<Response> {
     let text = String::from_utf8_lossy(head).into_owned();
     let status = text
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(head))?;
-    Ok((status, text))
+    Ok(Response {
+        status,
+        head: text,
+        text: String::new(),
+    })
 }
 
 fn bad(buf: &[u8]) -> std::io::Error {
