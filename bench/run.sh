@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # kindler's benchmark suite, in one command.
 #
-#   bench/run.sh            the full suite (about 2 minutes): builds the release binary and
-#                           the bench (benches/kindler.rs), runs every measurement and prints
+#   bench/run.sh            the full suite (about 2½ minutes): builds the release binary and
+#                           the bench (benches/kindler/), runs every measurement and prints
 #                           one table, each figure next to its target (ok / MISSED).
 #                           Exit status 1 when a target was missed, 2 when the setup is broken.
-#   bench/run.sh --quick    a short smoke run for CI (about 20 s once built): the
+#   bench/run.sh --quick    a short smoke run for CI (about 30 s once built): the
 #                           same measurements, smaller and shorter. Figures are shown but not
 #                           judged: it fails (exit 2) only when something does not work.
 #   --only=1,4              run only those measurements; --keep keeps the daemons' folders

@@ -8,6 +8,9 @@
 //! - [`store`]: SQLite, migrations, the group-committing writer;
 //! - [`model`]: names, states, actions; [`config`]: settings; [`health`], [`log`],
 //!   [`systemd`], [`output`], [`app`]: what the parts share.
+//!
+//! `testkit` (hidden) is not kindler: it is what the integration tests and the benchmarks
+//! share to drive the real daemon.
 
 pub mod api;
 pub mod app;
@@ -23,3 +26,5 @@ pub mod reconciler;
 pub mod runner;
 pub mod store;
 pub mod systemd;
+#[doc(hidden)]
+pub mod testkit;

@@ -41,34 +41,11 @@ impl Target {
 
     /// Live (non-zombie) processes of the target, not counting this daemon.
     pub fn live(&self) -> Vec<i32> {
-        let me = std::process::id() as i32;
         let needle = format!("{TAG_VAR}={}", self.tag);
-        let mut found = Vec::new();
-        let Ok(dir) = fs::read_dir("/proc") else {
-            return found;
-        };
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let Some(st) = stat(pid) else {
-                continue;
-            };
-            if st.state == 'Z' || st.state == 'X' {
-                continue;
-            }
-            if Some(st.pgrp) == self.pgid || has_env(pid, needle.as_bytes()) {
-                found.push(pid);
-            }
-        }
-        found
+        live_processes()
+            .filter(|(pid, st)| Some(st.pgrp) == self.pgid || has_env(*pid, needle.as_bytes()))
+            .map(|(pid, _)| pid)
+            .collect()
     }
 
     /// Sends `sig` to the group and to every tagged process.
@@ -116,20 +93,53 @@ impl Target {
 }
 
 /// What `/proc/PID/stat` says about a process.
-struct ProcStat {
-    state: char,
-    pgrp: i32,
+pub(crate) struct ProcStat {
+    pub state: char,
+    pub pgrp: i32,
 }
 
-fn stat(pid: i32) -> Option<ProcStat> {
+impl ProcStat {
+    /// Not a zombie (exited, not reaped yet) nor dead.
+    pub fn is_live(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X')
+    }
+}
+
+pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may itself contain ") ", so split at the last.
-    // What follows starts with field 3 (state); pgrp is field 5.
-    let mut fields = text[text.rfind(')')? + 2..].split(' ');
+    // Field 3 is the state; pgrp is field 5.
+    let mut fields = stat_fields(&text)?;
     let state = fields.next()?.chars().next()?;
     let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some(ProcStat { state, pgrp })
+}
+
+/// The fields of a `/proc/PID/stat` text from field 3 (the state) on, as proc(5) numbers
+/// them. The command name before them is in parentheses and may itself contain ") ", so
+/// they start after the last ')'.
+pub(crate) fn stat_fields(text: &str) -> Option<std::str::Split<'_, char>> {
+    Some(text.get(text.rfind(')')? + 2..)?.split(' '))
+}
+
+/// Every live (non-zombie) process but this one, with what `/proc/PID/stat` says of it.
+pub(crate) fn live_processes() -> impl Iterator<Item = (i32, ProcStat)> {
+    let me = std::process::id() as i32;
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(move |pid| *pid != me)
+        .filter_map(|pid| Some((pid, stat(pid)?)))
+        .filter(|(_, st)| st.is_live())
+}
+
+/// A process's environment, variable by variable (`NAME=value`); empty when unreadable.
+pub(crate) fn environ(pid: i32) -> Vec<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|b| *b == 0).map(<[u8]>::to_vec).collect())
+        .unwrap_or_default()
 }
 
 fn has_env(pid: i32, needle: &[u8]) -> bool {

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, now_ns, pass_socket, try_request, Daemon, Env, Response};
+use common::{eventually, now_ns, try_request, Daemon, Env, Response};
 use rusqlite::types::Value as SqlValue;
 use serde_json::Value;
 
@@ -82,16 +82,8 @@ impl Rng {
 /// Starts a daemon on the env's socket without waiting for it to be ready: a kill may land
 /// during its start-up (migrations, recovery of what the previous one left).
 fn spawn_daemon(env: &Env, flags: &[&str]) -> Daemon {
-    let mut cmd = env.command(flags);
     let log = env.dir.path().join(format!("daemon-{}.log", now_ns()));
-    cmd.stderr(std::fs::File::create(&log).unwrap());
-    pass_socket(&mut cmd, &env.listener);
-    let child = cmd.spawn().expect("start kindler");
-    Daemon {
-        child,
-        log,
-        port: env.port,
-    }
+    Daemon::spawn(env.command(flags), &env.listener, log).expect("start kindler")
 }
 
 /// Live processes the stand-ins of `env` started, children and grandchildren included
@@ -100,27 +92,13 @@ fn spawn_daemon(env: &Env, flags: &[&str]) -> Daemon {
 fn standin_processes(env: &Env) -> Vec<(i32, String)> {
     let dir = format!("STANDIN_DIR={}", env.standin_dir().display());
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    for (pid, vars) in kindler::testkit::processes_with_env(&dir) {
         let var = |key: &str| {
             vars.iter()
                 .find_map(|v| v.strip_prefix(format!("{key}=").as_bytes()))
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
-        if !vars.contains(&dir.as_bytes()) || var("KINDLER_PROCESS_TAG").is_none() {
-            continue;
-        }
-        if !common::alive(pid) {
+        if var("KINDLER_PROCESS_TAG").is_none() {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

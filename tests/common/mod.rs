@@ -1,22 +1,22 @@
 //! Test harness: runs the real `kindler` binary against a real SQLite file, with the API
 //! socket passed the way systemd passes it (LISTEN_FDS), and the stand-in script
 //! (tests/fixtures/standin.sh) as every command. Waits are for conditions, with deadlines.
-#![allow(dead_code)]
+//! What the benchmarks use too (the daemon, HTTP, NOTIFY_SOCKET, /proc) is
+//! `kindler::testkit`.
+#![allow(dead_code, unused_imports)]
 
-mod activation;
-mod notify;
-mod process;
-pub use activation::pass_socket;
-pub use notify::Notifications;
-pub use process::alive;
+pub use kindler::testkit::{
+    alive, eventually, now_ns, pass_socket, request, send_raw, try_request, unix_request, Daemon,
+    Guarded, Notifications, Response,
+};
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use kindler::testkit;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kindler");
@@ -25,43 +25,12 @@ pub fn standin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/standin.sh")
 }
 
-/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
-pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// One test's world: a folder with the database and the stand-in's records, and the API
 /// socket, which outlives daemon restarts as systemd's socket would.
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub listener: TcpListener,
     pub port: u16,
-}
-
-pub struct Response {
-    pub status: u16,
-    pub text: String,
-}
-
-impl Response {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-}
-
-impl std::fmt::Debug for Response {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status, self.text)
-    }
 }
 
 /// A call of the stand-in, from its calls.log.
@@ -147,15 +116,9 @@ impl Env {
             ])
             .args(extra)
             .env("STANDIN_DIR", self.standin_dir())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("KINDLER_") || k.starts_with("LISTEN_") || k.starts_with("WATCHDOG_") {
-                cmd.env_remove(k);
-            }
-        }
+        testkit::clean_env(&mut cmd, &[]);
         // No /etc/kindler/kindler.toml of the machine; a test's --config wins over this.
         cmd.env("KINDLER_CONFIG", "/dev/null");
         cmd
@@ -167,17 +130,12 @@ impl Env {
         self.spawn(cmd)
     }
 
-    pub fn spawn(&self, mut cmd: Command) -> Daemon {
+    pub fn spawn(&self, cmd: Command) -> Daemon {
         let log = self.dir.path().join(format!("daemon-{}.log", now_ns()));
-        cmd.stderr(std::fs::File::create(&log).unwrap());
-        pass_socket(&mut cmd, &self.listener);
-        let child = cmd.spawn().expect("start kindler");
-        let daemon = Daemon {
-            child,
-            log,
-            port: self.port,
-        };
-        daemon.wait_ready();
+        let daemon = Daemon::spawn(cmd, &self.listener, log).expect("start kindler");
+        if let Err(e) = daemon.wait_healthy(Duration::from_secs(10)) {
+            panic!("{e}");
+        }
         daemon
     }
 
@@ -303,220 +261,17 @@ impl Drop for Env {
     }
 }
 
-/// A running daemon; killed when dropped.
-pub struct Daemon {
-    pub child: Child,
-    pub log: PathBuf,
-    pub port: u16,
-}
-
-impl Daemon {
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn wait_ready(&self) {
-        let port = self.port;
-        eventually(
-            Duration::from_secs(10),
-            "the daemon to answer /api/health",
-            || {
-                let r =
-                    try_request(port, "GET", "/api/health", None, Duration::from_secs(2)).ok()?;
-                (r.status == 200).then_some(())
-            },
-        );
-    }
-
-    pub fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    /// Waits for the daemon to exit; None when it did not within `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- daemon log {} ---\n{}",
-                self.log.display(),
-                self.log_text()
-            );
-        }
-    }
-}
-
-/// A child process that is killed when the test ends, also when an assertion fails first
-/// (a daemon left running would hold its socket and files, and burn a little CPU, for the
-/// rest of the suite).
-pub struct Guarded(pub Child);
-
-impl std::ops::Deref for Guarded {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Guarded {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// Waits until `path` contains `needle`; on timeout, the error is the file's text.
 pub fn wait_for_file_text(path: &Path, needle: &str, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(text);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-pub fn now_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-pub fn request(port: u16, method: &str, path: &str, body: Option<&str>) -> Response {
-    try_request(port, method, path, body, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-/// A plain HTTP/1.1 request on a new connection.
-pub fn try_request(
-    port: u16,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    timeout: Duration,
-) -> std::io::Result<Response> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    if let Some(b) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    head.push_str("\r\n");
-    let mut raw = head.into_bytes();
-    raw.extend_from_slice(body.unwrap_or("").as_bytes());
-    send_raw(port, &raw, timeout)
-}
-
-/// Sends bytes as they are (for malformed requests) and reads the response.
-pub fn send_raw(port: u16, raw: &[u8], timeout: Duration) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    // A server may answer (413) before reading everything; a failed write is fine then.
-    let _ = stream.write_all(raw);
-    let mut buf = Vec::new();
-    let _ = stream.read_to_end(&mut buf);
-    parse_response(&buf)
-}
-
-fn parse_response(buf: &[u8]) -> std::io::Result<Response> {
-    let text = String::from_utf8_lossy(buf);
-    let bad = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("bad response: {text:?}"),
-        )
-    };
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    Ok(Response {
-        status,
-        text: body.to_owned(),
+    let mut text = String::new();
+    testkit::poll(timeout, Duration::from_millis(20), || {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        text.contains(needle).then_some(())
     })
-}
-
-impl Notifications {
-    pub fn bind(dir: &Path) -> Notifications {
-        Notifications::try_bind(dir).expect("bind notify socket")
-    }
-
-    /// Waits for a message line satisfying `pred`, received at or after index `from`
-    /// of `assignments()`; returns its index.
-    pub fn await_line(
-        &self,
-        from: usize,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&str) -> bool,
-    ) -> usize {
-        eventually(timeout, what, || {
-            self.assignments()
-                .iter()
-                .enumerate()
-                .skip(from)
-                .find(|(_, (_, l))| pred(l))
-                .map(|(i, _)| i)
-        })
-    }
+    .ok_or(text)
 }
 
 /// A free TCP port on loopback (bound and released; fine for tests that need a port number).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A request over a unix socket.
-pub fn unix_request(path: &Path, method: &str, uri: &str) -> std::io::Result<Response> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "{method} {uri} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf)?;
-    parse_response(&buf)
+    testkit::free_port().expect("a free port on loopback")
 }
