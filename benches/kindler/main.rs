@@ -12,7 +12,7 @@
 //! started and then does what its mode says. (The daemon strips its own KINDLER_* variables
 //! from a script's environment, so the stand-in's settings are named BENCH_*.)
 //!
-//! One file a measurement (`m1_…` to `m7_…`); the rest is what they share: [`harness`]
+//! One file a measurement (`m1_…` to `m8_…`); the rest is what they share: [`harness`]
 //! (the benchmarked daemons and their API), [`store`] (stores written with SQL),
 //! [`standin`], [`wrk`], [`bare`] (the bare hyper server of measurement 2) and [`report`]
 //! (the table). What the integration tests share with the benches (starting a daemon,
@@ -27,6 +27,7 @@ mod m4_startup;
 mod m5_stop;
 mod m6_actions;
 mod m7_idle;
+mod m8_floods;
 mod report;
 mod standin;
 mod store;
@@ -72,7 +73,7 @@ fn main() {
     let ctx = Ctx::new(quick, root.path());
     let mut table = Table::default();
     type Measurement = fn(&Ctx, &mut Table) -> Res<()>;
-    let measurements: [(&str, &str, Measurement); 7] = [
+    let measurements: [(&str, &str, Measurement); 8] = [
         ("1", "declaration latency", m1_post_latency::run),
         ("2", "API throughput (wrk)", m2_api::run),
         ("3", "memory", m3_memory::run),
@@ -80,19 +81,20 @@ fn main() {
         ("5", "stop", m5_stop::run),
         ("6", "reconcile throughput", m6_actions::run),
         ("7", "idle cost", m7_idle::run),
+        ("8", "floods", m8_floods::run),
     ];
     let started = Instant::now();
     for (id, title, run) in measurements {
         if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == id)) {
             continue;
         }
-        eprintln!("[{id}/7] {title} ...");
+        eprintln!("[{id}/8] {title} ...");
         let t0 = Instant::now();
         if let Err(e) = run(&ctx, &mut table) {
-            eprintln!("[{id}/7] {title}: SETUP FAILED: {e}");
+            eprintln!("[{id}/8] {title}: SETUP FAILED: {e}");
             table.error(id, title, &e);
         }
-        eprintln!("[{id}/7] {title}: {:.1} s", t0.elapsed().as_secs_f64());
+        eprintln!("[{id}/8] {title}: {:.1} s", t0.elapsed().as_secs_f64());
     }
     let text = table.render(quick);
     println!("{text}");
