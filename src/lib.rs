@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod procs;

@@ -8,6 +8,7 @@ mod create;
 pub mod guard;
 mod response;
 mod routes;
+mod status;
 mod tasks;
 mod views;
 mod ws;
@@ -63,6 +64,7 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
     let server = Arc::new(Server {
         app,
         responses: ResponseCache::default(),
+        scrapes: Default::default(),
         connections: connections.clone(),
         stop: Stop {
             graceful: shutdown.clone(),
@@ -143,6 +145,7 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
 pub struct Server {
     pub app: AppRef,
     responses: ResponseCache,
+    scrapes: status::Scrapes,
     connections: TaskTracker,
     stop: Stop,
 }

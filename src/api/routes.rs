@@ -17,6 +17,7 @@ use super::views::{
 use super::Server;
 use crate::app::AppRef;
 use crate::log::{ids, Event, Priority};
+use crate::metrics::{self, METRICS};
 use crate::model::{ClusterName, DesiredState};
 use crate::store::clusters::{self, ClusterRecord};
 use crate::store::runs;
@@ -32,10 +33,17 @@ const HISTORY_LIMIT: u32 = 50;
 const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn handle(server: Arc<Server>, via: Via, req: Request<Incoming>) -> Reply {
-    match route(&server, via, req).await {
+    let (started, method) = (
+        std::time::Instant::now(),
+        metrics::method_label(req.method()),
+    );
+    let route_label = metrics::route_label(req.uri().path());
+    let reply = match route(&server, via, req).await {
         Ok(reply) => reply,
         Err(e) => e.reply(),
-    }
+    };
+    METRICS.http_request(route_label, method, reply.status(), started.elapsed());
+    reply
 }
 
 async fn route(server: &Server, via: Via, req: Request<Incoming>) -> Result<Reply, ApiError> {
@@ -58,6 +66,14 @@ async fn route(server: &Server, via: Via, req: Request<Incoming>) -> Result<Repl
         ["api", "health"] => {
             only(&method, &Method::GET, "GET")?;
             health_reply(app).await
+        }
+        ["api", "status"] => {
+            only(&method, &Method::GET, "GET")?;
+            super::status::status(server).await
+        }
+        ["metrics"] => {
+            only(&method, &Method::GET, "GET")?;
+            super::status::metrics(server).await
         }
         ["api", "config"] => {
             only(&method, &Method::GET, "GET")?;
