@@ -158,10 +158,13 @@ where
     let mut runs_seen = app.runs.generation();
     loop {
         let watching = !subscribed.is_empty();
-        // Output alone is pushed from what is kept, sooner; anything else waits its look.
-        let look_at = match dirty {
-            Dirty::All => next_look,
-            _ => next_live,
+        // Output alone is pushed from what is kept, sooner, and so is a run that began or
+        // ended (a failed attempt is seen before its retry starts); anything else waits
+        // its look.
+        let look_at = if dirty == Dirty::All && app.runs.generation() == runs_seen {
+            next_look
+        } else {
+            next_live
         };
         tokio::select! {
             biased;

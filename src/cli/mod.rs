@@ -1,0 +1,864 @@
+//! `kindler ls`, `get`, `create`, `delete`, `start`, `stop`, `logs`, `history` and `status`:
+//! the daemon's API from a terminal.
+//!
+//! Every command is a client of the API the daemon serves (`client.rs`), over the unix
+//! socket or TCP. Exit statuses: 0 done; 1 kindler refused the request, or the action
+//! failed (`--wait`); 2 a usage error (a bad name is one, caught before anything is sent);
+//! 3 kindler cannot be reached, or `--wait` timed out.
+
+pub mod client;
+mod follow;
+pub mod manpages;
+pub mod show;
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, ValueEnum};
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::model::ClusterName;
+use client::{Answer, Client, ClientError, Target};
+use show::{Style, Table};
+
+/// Exit statuses of the client commands.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// kindler refused the request, or the action failed.
+    pub const FAILED: i32 = 1;
+    /// A usage error: a bad argument, caught before anything is sent.
+    pub const USAGE: i32 = 2;
+    /// kindler cannot be reached, or `--wait` ran out of time.
+    pub const UNREACHABLE: i32 = 3;
+}
+
+/// Where to reach kindler; every client command has it.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArg {
+    /// Where kindler's API is: http://HOST:PORT or unix:/PATH/TO/SOCKET. Default: the unix
+    /// socket /run/kindler/api.sock when it exists and can be opened, else
+    /// http://127.0.0.1:8765
+    #[arg(long, env = "KINDLER_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    Text,
+    /// The API's JSON objects.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+    /// Keep the table up to date, redrawing it when something changes (Ctrl-C ends).
+    #[arg(short, long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// The cluster.
+    pub name: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+/// How `--wait` waits.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Follow the action live (its script's output, then the outcome) and exit 0 once the
+    /// cluster is as declared, 1 when an attempt failed (kindler itself keeps retrying), 3
+    /// on timeout.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (exit 3); kindler carries on regardless.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration, requires = "wait")]
+    pub timeout: Duration,
+    /// With --wait: do not stop at a failed attempt, wait through kindler's retries until
+    /// the cluster is as declared or --timeout passes.
+    #[arg(long, requires = "wait")]
+    pub keep_waiting: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Provider {
+    K3d,
+    Kind,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// The cluster's name: lowercase letters, digits and '-', at most 63.
+    pub name: String,
+    /// The tool that runs the cluster.
+    #[arg(long, value_enum)]
+    pub provider: Provider,
+    /// The NodePort inside the cluster that --pf-port forwards to (default 30080).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1024..))]
+    pub node_port: Option<u16>,
+    /// Host port forwarded to the NodePort (default: the first free one of the range).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1024..))]
+    pub pf_port: Option<u16>,
+    /// Host port that reaches the cluster's port 80.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1024..))]
+    pub http_port: Option<u16>,
+    /// Host port that reaches the cluster's port 443.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1024..))]
+    pub https_port: Option<u16>,
+    /// The cluster's docker network, an IPv4 CIDR like 10.42.0.0/16 (k3d).
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// Do not register the cluster with Portainer (the create script gets --no-register-portainer).
+    #[arg(long)]
+    pub no_portainer: bool,
+    /// Do not add an HAProxy route (--no-haproxy-route).
+    #[arg(long)]
+    pub no_haproxy: bool,
+    /// Do not register the cluster with Argo CD (--no-register-argocd).
+    #[arg(long)]
+    pub no_argocd: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NameWaitArgs {
+    /// The cluster.
+    pub name: String,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// The cluster.
+    pub name: String,
+    /// The run to show (its number in `kindler history`); default: the latest.
+    #[arg(long, value_name = "ID")]
+    pub run: Option<i64>,
+    /// Follow a run in progress until it ends.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// The cluster.
+    pub name: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+/// A client command, as parsed.
+#[derive(Debug, Clone)]
+pub enum Request {
+    List(ListArgs),
+    Get(GetArgs),
+    Create(CreateArgs),
+    Delete(NameWaitArgs),
+    Start(NameWaitArgs),
+    Stop(NameWaitArgs),
+    Logs(LogsArgs),
+    History(HistoryArgs),
+    Status(StatusArgs),
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (a duration like 90s, 5m or 1h30m)"))
+        .and_then(|d| {
+            if d.is_zero() {
+                Err("it must be longer than 0".into())
+            } else {
+                Ok(d)
+            }
+        })
+}
+
+/// A failure of a command, with its exit status.
+pub struct Failure {
+    pub status: i32,
+    pub message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure {
+            status: exit::UNREACHABLE,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn refused(answer: &Answer) -> Failure {
+    Failure {
+        status: exit::FAILED,
+        message: answer.detail(),
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure {
+        status: exit::USAGE,
+        message,
+    }
+}
+
+/// Runs a client command; returns its exit status. Errors go to stderr, prefixed with
+/// `kindler:`.
+pub fn run(server: &ServerArg, request: Request) -> i32 {
+    let result = (|| {
+        // Names and addresses are checked before anything is sent.
+        check_names(&request)?;
+        let target = Target::choose(server.server.as_deref()).map_err(usage)?;
+        let client = Client::new(target);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure {
+                status: exit::FAILED,
+                message: format!("cannot start: {e}"),
+            })?;
+        runtime.block_on(dispatch(&client, request))
+    })();
+    let _ = std::io::stdout().flush();
+    match result {
+        Ok(status) => status,
+        Err(f) => {
+            let style = Style::stderr();
+            eprintln!("{} {}", style.red("kindler:"), f.message);
+            f.status
+        }
+    }
+}
+
+/// The same check, and the same words, as the API's.
+fn check_names(request: &Request) -> Result<(), Failure> {
+    let name = match request {
+        Request::Get(a) => &a.name,
+        Request::Create(a) => &a.name,
+        Request::Delete(a) | Request::Start(a) | Request::Stop(a) => &a.name,
+        Request::Logs(a) => &a.name,
+        Request::History(a) => &a.name,
+        Request::List(_) | Request::Status(_) => return Ok(()),
+    };
+    ClusterName::parse(name)
+        .map(|_| ())
+        .map_err(|e| usage(format!("invalid cluster name {name:?}: {e}")))?;
+    if let Request::Create(a) = request {
+        if let Some(s) = &a.subnet {
+            if !crate::model::is_ipv4_cidr(s) {
+                return Err(usage(format!(
+                    "--subnet: cluster_subnet {s:?} is not an IPv4 CIDR like 10.42.0.0/16"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn dispatch(client: &Client, request: Request) -> Result<i32, Failure> {
+    match request {
+        Request::List(a) => list(client, a).await,
+        Request::Get(a) => get(client, a).await,
+        Request::Create(a) => create(client, a).await,
+        Request::Delete(a) => declare(client, Verb::Delete, a).await,
+        Request::Start(a) => declare(client, Verb::Start, a).await,
+        Request::Stop(a) => declare(client, Verb::Stop, a).await,
+        Request::Logs(a) => follow::logs(client, a).await,
+        Request::History(a) => history(client, a).await,
+        Request::Status(a) => status(client, a).await,
+    }
+}
+
+/// Reads a JSON answer, or says why kindler refused.
+async fn fetch(client: &Client, path: &str) -> Result<Value, Failure> {
+    let answer = client.get(path).await?;
+    if !answer.status.is_success() {
+        return Err(refused(&answer));
+    }
+    Ok(answer.json()?)
+}
+
+fn print_json(v: &Value) {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    println!("{text}");
+}
+
+// --- ls -----------------------------------------------------------------------------
+
+async fn list(client: &Client, a: ListArgs) -> Result<i32, Failure> {
+    let style = Style::stdout();
+    if !a.watch {
+        let clusters = fetch(client, "/api/clusters").await?;
+        match a.output {
+            Format::Json => print_json(&clusters),
+            Format::Text => print!("{}", cluster_table(&clusters, style, SystemTime::now())),
+        }
+        return Ok(exit::OK);
+    }
+    // Redraws when the list changes; on a terminal also every second, so that ages and
+    // retry times stay current.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut shown = String::new();
+    let mut drawn_at = std::time::Instant::now();
+    loop {
+        let clusters = fetch(client, "/api/clusters").await?;
+        let text = match a.output {
+            Format::Json => serde_json::to_string(&clusters).unwrap_or_default() + "\n",
+            Format::Text => cluster_table(&clusters, style, SystemTime::now()),
+        };
+        let stale = terminal && drawn_at.elapsed() >= Duration::from_secs(1);
+        if text != shown || stale {
+            let mut out = std::io::stdout().lock();
+            if terminal {
+                // Home and clear, then the table: a redraw in place.
+                let _ = write!(out, "\x1b[H\x1b[2J");
+            } else if !shown.is_empty() {
+                let _ = writeln!(out);
+            }
+            let _ = write!(out, "{text}");
+            let _ = out.flush();
+            shown = text;
+            drawn_at = std::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// NAME, PROVIDER, DESIRED, ACTUAL, AGE, PORTS, NEXT RETRY / LAST ERROR; sorted by name.
+pub fn cluster_table(clusters: &Value, style: Style, now: SystemTime) -> String {
+    let mut rows: Vec<&Value> = clusters
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    if rows.is_empty() {
+        return "No clusters declared. Declare one with: kindler create NAME --provider k3d\n"
+            .into();
+    }
+    let mut table = Table::new(
+        &[
+            "NAME",
+            "PROVIDER",
+            "DESIRED",
+            "ACTUAL",
+            "AGE",
+            "PORTS (PF/HTTP/HTTPS)",
+            "NEXT RETRY / LAST ERROR",
+        ],
+        style,
+    );
+    for c in rows {
+        let text = |k: &str| c[k].as_str().unwrap_or("-").to_owned();
+        let port = |k: &str| c[k].as_u64().map_or("-".into(), |p| p.to_string());
+        let actual = text("actual_state");
+        let retry = until(c, now);
+        let error = c["reconcile_error"].as_str().map(|e| show::shorten(e, 60));
+        let last = match (retry, error) {
+            (Some(r), Some(e)) => format!("{}: {e}", style.yellow(&format!("retry {r}"))),
+            (Some(r), None) => style.yellow(&format!("retry {r}")),
+            (None, Some(e)) if actual == "failed" => style.red(&e),
+            (None, Some(e)) => e,
+            (None, None) => String::new(),
+        };
+        table.row(vec![
+            text("name"),
+            text("provider"),
+            text("desired_state"),
+            style.state(&actual),
+            show::age(&c["created_at"], now),
+            format!(
+                "{}/{}/{}",
+                port("pf_port"),
+                port("http_port"),
+                port("https_port")
+            ),
+            last,
+        ]);
+    }
+    table.render()
+}
+
+/// The next attempt, when one lies ahead.
+fn until(c: &Value, now: SystemTime) -> Option<String> {
+    let at = show::parse_time(&c["next_attempt_at"])?;
+    if at <= now || c["attempts"].as_u64().unwrap_or(0) == 0 {
+        return None;
+    }
+    show::until(&c["next_attempt_at"], now)
+}
+
+// --- get ----------------------------------------------------------------------------
+
+async fn get(client: &Client, a: GetArgs) -> Result<i32, Failure> {
+    let name = &a.name;
+    let cluster = fetch(client, &format!("/api/clusters/{name}")).await?;
+    if a.output == Format::Json {
+        print_json(&cluster);
+        return Ok(exit::OK);
+    }
+    let status = fetch(client, &format!("/api/clusters/{name}/status"))
+        .await
+        .unwrap_or(Value::Null);
+    let runs = fetch(client, &format!("/api/clusters/{name}/history"))
+        .await
+        .unwrap_or(Value::Null);
+    print!(
+        "{}",
+        describe(&cluster, &status, &runs, Style::stdout(), SystemTime::now())
+    );
+    Ok(exit::OK)
+}
+
+/// Every field of a cluster, its last runs and, if it failed, why.
+pub fn describe(c: &Value, status: &Value, runs: &Value, style: Style, now: SystemTime) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{:<20} {v}\n", format!("{k}:")));
+    let s = |k: &str| match &c[k] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let when = |k: &str| match show::parse_time(&c[k]) {
+        Some(_) => format!("{} ({} ago)", s(k), show::age(&c[k], now)),
+        None => "-".into(),
+    };
+    let yes_no = |k: &str| {
+        if c[k].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+        .to_owned()
+    };
+    line("Name", style.bold(&s("name")));
+    line("Provider", s("provider"));
+    line("Desired state", s("desired_state"));
+    line("Actual state", style.state(&s("actual_state")));
+    if status.is_object() && c["actual_state"] == "running" {
+        line(
+            "Nodes ready",
+            format!("{}/{}", status["nodes_ready"], status["nodes_total"]),
+        );
+        line(
+            "Portainer",
+            status["portainer_status"].as_str().unwrap_or("-").into(),
+        );
+        line(
+            "Argo CD",
+            status["argocd_status"].as_str().unwrap_or("-").into(),
+        );
+    }
+    for (label, key) in [
+        ("Node port", "node_port"),
+        ("Port-forward port", "pf_port"),
+        ("HTTP port", "http_port"),
+        ("HTTPS port", "https_port"),
+        ("Subnet", "cluster_subnet"),
+    ] {
+        line(label, s(key));
+    }
+    for (label, key) in [
+        ("Register Portainer", "register_portainer"),
+        ("HAProxy route", "haproxy_route"),
+        ("Register Argo CD", "register_argocd"),
+    ] {
+        line(label, yes_no(key));
+    }
+    for (label, key) in [
+        ("Created", "created_at"),
+        ("Updated", "updated_at"),
+        ("Last reconciled", "last_reconciled_at"),
+        ("Last transition", "last_transition_at"),
+    ] {
+        line(label, when(key));
+    }
+    line("Last action", s("last_action"));
+    line(
+        "Generation",
+        format!(
+            "{} (acted on: {})",
+            s("generation"),
+            s("observed_generation")
+        ),
+    );
+    line("Failed attempts", s("attempts"));
+    line(
+        "Next attempt",
+        match show::until(&c["next_attempt_at"], now) {
+            Some(u) => format!("{} ({u})", s("next_attempt_at")),
+            None => "-".into(),
+        },
+    );
+    let runs: Vec<&Value> = runs
+        .as_array()
+        .map(|r| r.iter().collect())
+        .unwrap_or_default();
+    if let Some(error) = c["reconcile_error"].as_str() {
+        out.push('\n');
+        out.push_str(&style.red(&why_failed(c, &runs, now)));
+        out.push('\n');
+        out.push_str("  ");
+        out.push_str(&error.trim_end().replace('\n', "\n  "));
+        out.push('\n');
+    }
+    if !runs.is_empty() {
+        out.push_str("\nLast runs (kindler history NAME for all, kindler logs NAME --run ID for one's output):\n");
+        out.push_str(&runs_table(&runs[..runs.len().min(5)], style, now));
+    }
+    out
+}
+
+/// "Why" in plain words: what failed, how often, and what kindler does next.
+fn why_failed(c: &Value, runs: &[&Value], now: SystemTime) -> String {
+    let failed = runs
+        .iter()
+        .find(|r| matches!(r["outcome"].as_str(), Some("failed" | "timed_out")));
+    let mut text = match failed {
+        Some(r) => {
+            let action = r["action"].as_str().unwrap_or("action");
+            match (
+                r["outcome"].as_str(),
+                r["exit_code"].as_i64(),
+                r["signal"].as_i64(),
+            ) {
+                (Some("timed_out"), _, _) => {
+                    format!("Why: the {action} script ran too long and was ended")
+                }
+                (_, Some(code), _) => {
+                    format!("Why: the {action} script exited with status {code}")
+                }
+                (_, _, Some(sig)) => format!("Why: the {action} script was killed by signal {sig}"),
+                _ => format!("Why: the {action} failed"),
+            }
+        }
+        None => "Why: the last attempt failed".into(),
+    };
+    let attempts = c["attempts"].as_u64().unwrap_or(0);
+    if attempts > 1 {
+        text.push_str(&format!(" ({attempts} failures in a row)"));
+    }
+    match show::until(&c["next_attempt_at"], now) {
+        Some(u) if attempts > 0 => text.push_str(&format!("; kindler retries {u}")),
+        _ if attempts > 0 => text.push_str("; kindler retries as soon as it can"),
+        _ => {}
+    }
+    text.push(':');
+    text
+}
+
+// --- history --------------------------------------------------------------------------
+
+async fn history(client: &Client, a: HistoryArgs) -> Result<i32, Failure> {
+    let runs = fetch(client, &format!("/api/clusters/{}/history", a.name)).await?;
+    if a.output == Format::Json {
+        print_json(&runs);
+        return Ok(exit::OK);
+    }
+    let list: Vec<&Value> = runs
+        .as_array()
+        .map(|r| r.iter().collect())
+        .unwrap_or_default();
+    if list.is_empty() {
+        println!("No runs recorded for {} yet.", a.name);
+    } else {
+        print!("{}", runs_table(&list, Style::stdout(), SystemTime::now()));
+    }
+    Ok(exit::OK)
+}
+
+/// One run a line: RUN, ACTION, OUTCOME, EXIT, DURATION, STARTED, and the error.
+fn runs_table(runs: &[&Value], style: Style, now: SystemTime) -> String {
+    let mut table = Table::new(
+        &[
+            "RUN", "ACTION", "OUTCOME", "EXIT", "DURATION", "STARTED", "ERROR",
+        ],
+        style,
+    );
+    for r in runs {
+        let outcome = r["outcome"].as_str().unwrap_or("-");
+        let painted = match outcome {
+            "succeeded" => style.green(outcome),
+            "failed" | "timed_out" => style.red(outcome),
+            "running" => style.yellow(outcome),
+            _ => style.dim(outcome),
+        };
+        let exit = match (r["exit_code"].as_i64(), r["signal"].as_i64()) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(sig)) => format!("signal {sig}"),
+            _ => "-".into(),
+        };
+        table.row(vec![
+            r["run_id"].to_string(),
+            r["action"].as_str().unwrap_or("-").into(),
+            painted,
+            exit,
+            r["duration_ms"]
+                .as_i64()
+                .map_or("-".into(), show::run_duration),
+            match show::parse_time(&r["started_at"]) {
+                Some(_) => format!("{} ago", show::age(&r["started_at"], now)),
+                None => "-".into(),
+            },
+            r["error"]
+                .as_str()
+                .map(|e| show::shorten(e, 50))
+                .unwrap_or_default(),
+        ]);
+    }
+    table.render()
+}
+
+// --- status ---------------------------------------------------------------------------
+
+async fn status(client: &Client, a: StatusArgs) -> Result<i32, Failure> {
+    let s = fetch(client, "/api/status").await?;
+    let healthy = s["status"] == "healthy";
+    if a.output == Format::Json {
+        print_json(&s);
+    } else {
+        print!("{}", status_text(&s, &client.target, Style::stdout()));
+    }
+    Ok(if healthy { exit::OK } else { exit::FAILED })
+}
+
+fn status_text(s: &Value, via: &Target, style: Style) -> String {
+    let mut out = String::new();
+    let health = match s["status"].as_str() {
+        Some("healthy") => style.green("healthy"),
+        Some(other) => style.red(other),
+        None => "-".into(),
+    };
+    let uptime = show::short_duration(Duration::from_secs(
+        s["uptime_seconds"].as_u64().unwrap_or(0),
+    ));
+    out.push_str(&format!(
+        "{} {} (pid {}), up {uptime}: {health}\n",
+        style.bold("kindler"),
+        s["version"].as_str().unwrap_or("?"),
+        s["pid"]
+    ));
+    for p in s["problems"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {} {}: {} (since {})\n",
+            style.red("problem"),
+            p["cause"].as_str().unwrap_or("?"),
+            p["message"].as_str().unwrap_or(""),
+            p["since"].as_str().unwrap_or("?")
+        ));
+    }
+    let mut line = |k: &str, v: String| out.push_str(&format!("{:<12} {v}\n", format!("{k}:")));
+    line("Status", s["status_line"].as_str().unwrap_or("").into());
+    line("Database", s["database"].as_str().unwrap_or("-").into());
+    line(
+        "Config",
+        s["config_file"].as_str().unwrap_or("(none)").into(),
+    );
+    let sockets: Vec<&str> = s["sockets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    line("Sockets", sockets.join(", "));
+    line("Reached at", via.to_string());
+    let c = &s["clusters"];
+    let by = |k: &str| -> String {
+        c[k].as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(state, n)| format!("{n} {}", style.state(state)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let total = c["total"].as_i64().unwrap_or(0);
+    line(
+        "Clusters",
+        if total == 0 {
+            "none declared".into()
+        } else {
+            format!(
+                "{total}: {} (declared: {})",
+                by("by_actual_state"),
+                by("by_desired_state")
+            )
+        },
+    );
+    if c["failing"].as_i64().unwrap_or(0) > 0 {
+        line(
+            "Failing",
+            format!(
+                "{} (of them {} waiting in backoff)",
+                c["failing"], c["in_backoff"]
+            ),
+        );
+    }
+    let now = SystemTime::now();
+    line(
+        "Next retry",
+        match &s["next_retry"] {
+            Value::Object(r) => format!(
+                "{} {}",
+                r.get("name").and_then(|n| n.as_str()).unwrap_or("?"),
+                r.get("at")
+                    .and_then(|at| show::until(at, now))
+                    .unwrap_or_else(|| "now".into())
+            ),
+            _ => "none".into(),
+        },
+    );
+    let act = &s["actions"];
+    line(
+        "Actions",
+        format!(
+            "{} running (at most {}), {} waiting for a slot",
+            act["running"], act["max_concurrent"], act["waiting_for_a_slot"]
+        ),
+    );
+    out
+}
+
+// --- create, delete, start, stop ----------------------------------------------------
+
+/// A declaration and the task that follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Create,
+    Delete,
+    Start,
+    Stop,
+}
+
+impl Verb {
+    fn task_id(self, name: &str) -> String {
+        match self {
+            Verb::Create => format!("reconcile-{name}"),
+            Verb::Delete => format!("reconcile-delete-{name}"),
+            Verb::Start => format!("reconcile-start-{name}"),
+            Verb::Stop => format!("reconcile-stop-{name}"),
+        }
+    }
+
+    fn request(self, name: &str) -> (Method, String) {
+        match self {
+            Verb::Create => (Method::POST, "/api/clusters".into()),
+            Verb::Delete => (Method::DELETE, format!("/api/clusters/{name}")),
+            Verb::Start => (Method::POST, format!("/api/clusters/{name}/start")),
+            Verb::Stop => (Method::POST, format!("/api/clusters/{name}/stop")),
+        }
+    }
+
+    /// "created", "deleted", ...
+    fn done(self) -> &'static str {
+        match self {
+            Verb::Create => "created",
+            Verb::Delete => "deleted",
+            Verb::Start => "started",
+            Verb::Stop => "stopped",
+        }
+    }
+
+    fn infinitive(self) -> &'static str {
+        match self {
+            Verb::Create => "create",
+            Verb::Delete => "delete",
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+        }
+    }
+}
+
+async fn create(client: &Client, a: CreateArgs) -> Result<i32, Failure> {
+    let mut body = json!({
+        "name": a.name,
+        "provider": match a.provider { Provider::K3d => "k3d", Provider::Kind => "kind" },
+        "register_portainer": !a.no_portainer,
+        "haproxy_route": !a.no_haproxy,
+        "register_argocd": !a.no_argocd,
+    });
+    for (key, value) in [
+        ("node_port", a.node_port),
+        ("pf_port", a.pf_port),
+        ("http_port", a.http_port),
+        ("https_port", a.https_port),
+    ] {
+        if let Some(p) = value {
+            body[key] = json!(p);
+        }
+    }
+    if let Some(s) = &a.subnet {
+        body["cluster_subnet"] = json!(s);
+    }
+    send(client, Verb::Create, &a.name, Some(body), &a.wait).await
+}
+
+async fn declare(client: &Client, verb: Verb, a: NameWaitArgs) -> Result<i32, Failure> {
+    send(client, verb, &a.name, None, &a.wait).await
+}
+
+/// Sends the declaration; with `--wait`, follows its task to the end.
+async fn send(
+    client: &Client,
+    verb: Verb,
+    name: &str,
+    body: Option<Value>,
+    wait: &WaitArgs,
+) -> Result<i32, Failure> {
+    let started = std::time::Instant::now();
+    // The runs before this declaration: a failure among them is not this one's.
+    let baseline = if wait.wait {
+        follow::newest_run(client, name).await?
+    } else {
+        0
+    };
+    let (method, path) = verb.request(name);
+    let answer = client.request(method, &path, body).await?;
+    if answer.status != StatusCode::ACCEPTED && !answer.status.is_success() {
+        return Err(refused(&answer));
+    }
+    let reply = answer.json()?;
+    let message = reply["message"].as_str().unwrap_or("declared");
+    if !wait.wait {
+        println!("{message}");
+        println!("Follow it with: kindler get {name}   (or run the command again with --wait)");
+        return Ok(exit::OK);
+    }
+    eprintln!("{}", Style::stderr().dim(message));
+    let task_id = reply["task_id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| verb.task_id(name));
+    let outcome = follow::wait(
+        client,
+        follow::Waiting {
+            name,
+            task_id: &task_id,
+            verb,
+            baseline,
+            deadline: started + wait.timeout,
+            timeout: wait.timeout,
+            keep_waiting: wait.keep_waiting,
+            started,
+        },
+    )
+    .await?;
+    Ok(outcome)
+}
