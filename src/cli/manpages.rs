@@ -18,7 +18,7 @@ pub fn write_all(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
     cmd.build();
     let write = |name: String, page: Vec<u8>| std::fs::write(dir.join(name), ascii(&page));
     write("kindler.8".into(), main_page(&cmd)?)?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    for sub in commands(&cmd) {
         let name = sub.get_name();
         let section = if ADMIN.contains(&name) { "8" } else { "1" };
         let page = sub
@@ -36,8 +36,13 @@ pub fn write_all(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
 
 /// The page with every character beyond ASCII as a groff escape (`\[u2013]`), so that it
 /// reads the same whatever encoding the reader's man assumes.
+/// ... and with the packaged scripts' directory where a default names the source checkout
+/// this binary was built in (the package's binary finds its scripts in /usr/lib/kindler).
 fn ascii(page: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(page);
+    let checkout = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+    let text = String::from_utf8_lossy(page)
+        .replace(checkout, "/usr/lib/kindler")
+        .replace(&checkout.replace('-', "\\-"), "/usr/lib/kindler");
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_ascii() {
@@ -47,6 +52,12 @@ fn ascii(page: &[u8]) -> Vec<u8> {
         }
     }
     out.into_bytes()
+}
+
+/// The commands that get a page: the visible ones, not clap's own `help`.
+fn commands(cmd: &clap::Command) -> impl Iterator<Item = &clap::Command> {
+    cmd.get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
 }
 
 fn manual(man: Man, section: &str) -> Man {
@@ -79,7 +90,7 @@ fn main_page(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
     man.render_synopsis_section(&mut out)?;
     out.extend_from_slice(DESCRIPTION.as_bytes());
     writeln!(out, ".SH COMMANDS")?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    for sub in commands(cmd) {
         let name = sub.get_name();
         let section = if ADMIN.contains(&name) { "8" } else { "1" };
         let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
@@ -189,10 +200,6 @@ keeps systemd from restarting a daemon that cannot start.
 "#;
 
 const ENVIRONMENT_MORE: &str = r#".TP
-.B KINDLER_CONFIG
-The configuration file (flag \fB\-\-config\fR; default \fI/etc/kindler/kindler.toml\fR
-when it exists, \fI/dev/null\fR for none).
-.TP
 .B KINDLER_SERVER
 Where the client commands reach kindler (flag \fB\-\-server\fR): http://HOST:PORT or
 unix:/PATH.
