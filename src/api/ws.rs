@@ -129,14 +129,14 @@ struct Sent {
     facts: Option<tasks::Facts>,
 }
 
-/// Which subscriptions a change may have changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Dirty {
-    None,
-    /// Output of a running script: only tasks that are running show it.
-    Running,
-    /// The store or health: any task.
-    All,
+/// What changed since the last look.
+#[derive(Debug, Default, Clone, Copy)]
+struct Dirty {
+    /// The store or health: any task may have changed; looked at every LOOK_EVERY at most.
+    store: bool,
+    /// Output of a running script: only tasks that are running show it; pushed every
+    /// LIVE_EVERY at most, from the facts kept.
+    output: bool,
 }
 
 async fn serve<S>(app: AppRef, stop: &Stop, mut ws: WebSocketStream<S>)
@@ -151,21 +151,23 @@ where
     let mut store = app.store.watch();
     let mut live = app.runs.watch();
     let mut health = app.health.watch();
-    let mut dirty = Dirty::None;
+    let mut dirty = Dirty::default();
     let mut next_look = Instant::now();
     let mut next_live = Instant::now();
     // The runs in progress as of the last look at the store.
     let mut runs_seen = app.runs.generation();
     loop {
         let watching = !subscribed.is_empty();
-        // Output alone is pushed from what is kept, sooner, and so is a run that began or
-        // ended (a failed attempt is seen before its retry starts); anything else waits
-        // its look.
-        let look_at = if dirty == Dirty::All && app.runs.generation() == runs_seen {
-            next_look
-        } else {
-            next_live
+        // A run that began or ended is looked at as soon as output would be (a failed
+        // attempt is seen before its retry starts); other changes wait their look, and
+        // output does not wait for them.
+        let runs_moved = app.runs.generation() != runs_seen;
+        let look_at = match (dirty.store && !runs_moved, dirty.output || runs_moved) {
+            (true, true) => next_look.min(next_live),
+            (true, false) => next_look,
+            _ => next_live,
         };
+        let pending = dirty.store || dirty.output || runs_moved;
         tokio::select! {
             biased;
             _ = stop.graceful.cancelled() => {
@@ -195,14 +197,16 @@ where
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {} // pings are answered by the library; binary is ignored
             },
-            Ok(()) = store.changed(), if watching => dirty = Dirty::All,
-            Ok(()) = health.changed(), if watching => dirty = Dirty::All,
-            Ok(()) = live.changed(), if watching => dirty = dirty.max(Dirty::Running),
-            _ = tokio::time::sleep_until(look_at.into()), if watching && dirty != Dirty::None => {
+            Ok(()) = store.changed(), if watching => dirty.store = true,
+            Ok(()) = health.changed(), if watching => dirty.store = true,
+            Ok(()) = live.changed(), if watching => dirty.output = true,
+            _ = tokio::time::sleep_until(look_at.into()), if watching && pending => {
+                let now = Instant::now();
                 let runs_now = app.runs.generation();
-                if dirty == Dirty::Running && runs_now == runs_seen {
-                    dirty = Dirty::None;
-                    next_live = Instant::now() + LIVE_EVERY;
+                let look = (dirty.store && now >= next_look) || runs_now != runs_seen;
+                if !look {
+                    dirty.output = false;
+                    next_live = now + LIVE_EVERY;
                     if let Err(e) = push_output(&app, &mut ws, &mut subscribed).await {
                         return e.note();
                     }
@@ -210,13 +214,13 @@ where
                 }
                 let ids = subscribed
                     .iter()
-                    .filter(|(_, sent)| dirty == Dirty::All || sent.running || runs_now != runs_seen)
+                    .filter(|(_, sent)| dirty.store || sent.running || runs_now != runs_seen)
                     .map(|(id, _)| id.clone())
                     .collect();
-                dirty = Dirty::None;
+                dirty = Dirty::default();
                 runs_seen = runs_now;
-                next_look = Instant::now() + LOOK_EVERY;
-                next_live = Instant::now() + LIVE_EVERY;
+                next_look = now + LOOK_EVERY;
+                next_live = now + LIVE_EVERY;
                 if let Err(e) = push(&app, &mut ws, &mut subscribed, ids).await {
                     return e.note();
                 }

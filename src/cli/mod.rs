@@ -286,6 +286,15 @@ async fn dispatch(client: &Client, request: Request) -> Result<i32, Failure> {
     }
 }
 
+/// Reads an answer's body, or says why kindler refused.
+async fn fetch_bytes(client: &Client, path: &str) -> Result<bytes::Bytes, Failure> {
+    let answer = client.get(path).await?;
+    if !answer.status.is_success() {
+        return Err(refused(&answer));
+    }
+    Ok(answer.body)
+}
+
 /// Reads a JSON answer, or says why kindler refused.
 async fn fetch(client: &Client, path: &str) -> Result<Value, Failure> {
     let answer = client.get(path).await?;
@@ -304,12 +313,21 @@ fn print_json(v: &Value) {
 
 async fn list(client: &Client, a: ListArgs) -> Result<i32, Failure> {
     let style = Style::stdout();
+    let render = |body: &[u8]| -> Result<String, Failure> {
+        Ok(match a.output {
+            Format::Json => {
+                let v: Value = serde_json::from_slice(body).map_err(|e| {
+                    Failure::from(ClientError::Protocol(format!("the list is not JSON: {e}")))
+                })?;
+                serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+            }
+            Format::Text => cluster_table(body, style, SystemTime::now())?,
+        })
+    };
     if !a.watch {
-        let clusters = fetch(client, "/api/clusters").await?;
-        match a.output {
-            Format::Json => print_json(&clusters),
-            Format::Text => print!("{}", cluster_table(&clusters, style, SystemTime::now())),
-        }
+        let body = fetch_bytes(client, "/api/clusters").await?;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(render(&body)?.as_bytes());
         return Ok(exit::OK);
     }
     // Redraws when the list changes; on a terminal also every second, so that ages and
@@ -318,11 +336,7 @@ async fn list(client: &Client, a: ListArgs) -> Result<i32, Failure> {
     let mut shown = String::new();
     let mut drawn_at = std::time::Instant::now();
     loop {
-        let clusters = fetch(client, "/api/clusters").await?;
-        let text = match a.output {
-            Format::Json => serde_json::to_string(&clusters).unwrap_or_default() + "\n",
-            Format::Text => cluster_table(&clusters, style, SystemTime::now()),
-        };
+        let text = render(&fetch_bytes(client, "/api/clusters").await?)?;
         let stale = terminal && drawn_at.elapsed() >= Duration::from_secs(1);
         if text != shown || stale {
             let mut out = std::io::stdout().lock();
@@ -341,16 +355,41 @@ async fn list(client: &Client, a: ListArgs) -> Result<i32, Failure> {
     }
 }
 
+/// The fields of a cluster the table shows, read straight from the API's answer.
+#[derive(serde::Deserialize)]
+struct Row<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    provider: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    desired_state: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    actual_state: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    created_at: Option<std::borrow::Cow<'a, str>>,
+    pf_port: Option<u64>,
+    http_port: Option<u64>,
+    https_port: Option<u64>,
+    #[serde(borrow)]
+    reconcile_error: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    next_attempt_at: Option<std::borrow::Cow<'a, str>>,
+    attempts: Option<u64>,
+}
+
 /// NAME, PROVIDER, DESIRED, ACTUAL, AGE, PORTS, NEXT RETRY / LAST ERROR; sorted by name.
-pub fn cluster_table(clusters: &Value, style: Style, now: SystemTime) -> String {
-    let mut rows: Vec<&Value> = clusters
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+pub fn cluster_table(body: &[u8], style: Style, now: SystemTime) -> Result<String, Failure> {
+    let mut rows: Vec<Row> = serde_json::from_slice(body).map_err(|e| {
+        Failure::from(ClientError::Protocol(format!(
+            "the list of clusters cannot be read: {e}"
+        )))
+    })?;
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
     if rows.is_empty() {
-        return "No clusters declared. Declare one with: kindler create NAME --provider k3d\n"
-            .into();
+        return Ok(
+            "No clusters declared. Declare one with: kindler create NAME --provider k3d\n".into(),
+        );
     }
     let mut table = Table::new(
         &[
@@ -364,44 +403,45 @@ pub fn cluster_table(clusters: &Value, style: Style, now: SystemTime) -> String 
         ],
         style,
     );
+    let port = |p: Option<u64>| p.map_or("-".into(), |p| p.to_string());
     for c in rows {
-        let text = |k: &str| c[k].as_str().unwrap_or("-").to_owned();
-        let port = |k: &str| c[k].as_u64().map_or("-".into(), |p| p.to_string());
-        let actual = text("actual_state");
-        let retry = until(c, now);
-        let error = c["reconcile_error"].as_str().map(|e| show::shorten(e, 60));
+        let retry = c
+            .next_attempt_at
+            .as_deref()
+            .and_then(show::parse_iso)
+            .filter(|at| *at > now && c.attempts.unwrap_or(0) > 0)
+            .map(|at| show::until_time(at, now));
+        let error = c.reconcile_error.as_deref().map(|e| show::shorten(e, 60));
         let last = match (retry, error) {
             (Some(r), Some(e)) => format!("{}: {e}", style.yellow(&format!("retry {r}"))),
             (Some(r), None) => style.yellow(&format!("retry {r}")),
-            (None, Some(e)) if actual == "failed" => style.red(&e),
+            (None, Some(e)) if c.actual_state == "failed" => style.red(&e),
             (None, Some(e)) => e,
             (None, None) => String::new(),
         };
+        let age = c
+            .created_at
+            .as_deref()
+            .and_then(show::parse_iso)
+            .map_or("-".into(), |t| {
+                show::short_duration(now.duration_since(t).unwrap_or_default())
+            });
         table.row(vec![
-            text("name"),
-            text("provider"),
-            text("desired_state"),
-            style.state(&actual),
-            show::age(&c["created_at"], now),
+            c.name.into_owned(),
+            c.provider.into_owned(),
+            c.desired_state.into_owned(),
+            style.state(&c.actual_state),
+            age,
             format!(
                 "{}/{}/{}",
-                port("pf_port"),
-                port("http_port"),
-                port("https_port")
+                port(c.pf_port),
+                port(c.http_port),
+                port(c.https_port)
             ),
             last,
         ]);
     }
-    table.render()
-}
-
-/// The next attempt, when one lies ahead.
-fn until(c: &Value, now: SystemTime) -> Option<String> {
-    let at = show::parse_time(&c["next_attempt_at"])?;
-    if at <= now || c["attempts"].as_u64().unwrap_or(0) == 0 {
-        return None;
-    }
-    show::until(&c["next_attempt_at"], now)
+    Ok(table.render())
 }
 
 // --- get ----------------------------------------------------------------------------

@@ -160,7 +160,11 @@ pub fn run_duration(ms: i64) -> String {
 
 /// An API time (ISO 8601, UTC).
 pub fn parse_time(v: &Value) -> Option<SystemTime> {
-    let text = v.as_str()?;
+    parse_iso(v.as_str()?)
+}
+
+/// ISO 8601 text as a time.
+pub fn parse_iso(text: &str) -> Option<SystemTime> {
     let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
     let ms = t.timestamp_millis();
     if ms < 0 {
@@ -177,13 +181,16 @@ pub fn age(v: &Value, now: SystemTime) -> String {
     }
 }
 
-/// `in 40s`, `now`, or `-` for a time to come.
+/// `in 40s`, or `now`, for a time to come.
 pub fn until(v: &Value, now: SystemTime) -> Option<String> {
-    let t = parse_time(v)?;
-    Some(match t.duration_since(now) {
+    Some(until_time(parse_time(v)?, now))
+}
+
+pub fn until_time(t: SystemTime, now: SystemTime) -> String {
+    match t.duration_since(now) {
         Ok(d) if d.as_secs() > 0 => format!("in {}", short_duration(d)),
         _ => "now".into(),
-    })
+    }
 }
 
 /// The first line of `text`, at most `max` characters (with `…` when cut).
