@@ -61,5 +61,6 @@ tests/system/run.sh
 
 step "benchmarks (smoke)"
 bench/run.sh --quick
+bench/cli.sh --quick
 
 step "all tests passed"

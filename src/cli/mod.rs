@@ -103,13 +103,14 @@ pub struct CreateArgs {
     /// The NodePort inside the cluster that --pf-port forwards to (default 30080).
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1024..))]
     pub node_port: Option<u16>,
-    /// Host port forwarded to the NodePort (default: the first free one of the range).
+    /// Host port forwarded to the NodePort (default 19000, or the next free port of
+    /// pf_port_range when another cluster has it).
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1024..))]
     pub pf_port: Option<u16>,
-    /// Host port that reaches the cluster's port 80.
+    /// Host port that reaches the cluster's port 80 (default 18080, or the next free one).
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1024..))]
     pub http_port: Option<u16>,
-    /// Host port that reaches the cluster's port 443.
+    /// Host port that reaches the cluster's port 443 (default 18443, or the next free one).
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1024..))]
     pub https_port: Option<u16>,
     /// The cluster's docker network, an IPv4 CIDR like 10.42.0.0/16 (k3d).
