@@ -680,3 +680,26 @@ fn help_fits_each_command_and_completions_and_man_pages_are_generated() {
         }
     }
 }
+
+#[test]
+fn status_exits_1_and_says_why_while_kindler_is_degraded() {
+    let env = Env::new();
+    let _d = env.start(&[]);
+    assert_eq!(kindler(&env, &["status"]).code, Some(0));
+    // The database file removed under the daemon: it refuses writes until it is back.
+    let db = env.db();
+    std::fs::rename(&db, db.with_extension("moved")).unwrap();
+    let r = eventually(10 * SEC, "kindler status to report the problem", || {
+        let r = kindler(&env, &["status"]);
+        (r.code == Some(1)).then_some(r)
+    });
+    assert!(r.stdout.contains("degraded"), "{r:?}");
+    assert!(r.stdout.contains("database_file"), "{r:?}");
+    let json: Value =
+        serde_json::from_str(&kindler(&env, &["status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(json["status"], "degraded");
+    std::fs::rename(db.with_extension("moved"), &db).unwrap();
+    eventually(10 * SEC, "kindler status to be healthy again", || {
+        (kindler(&env, &["status"]).code == Some(0)).then_some(())
+    });
+}

@@ -225,7 +225,7 @@ async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
 
 /// The reconciler loop turns at least once per poll interval, and a turn waits at most for
 /// the store's busy timeout; one that has not turned for much longer is stuck.
-fn reconciler_stall(app: &AppRef) -> Option<String> {
+pub(super) fn reconciler_stall(app: &AppRef) -> Option<String> {
     let age = app.heartbeat.age();
     let limit = STALL_AFTER + app.settings().poll_interval * 2;
     (age > limit).then(|| {

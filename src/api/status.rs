@@ -206,7 +206,15 @@ pub async fn status(server: &Server) -> Result<Reply, ApiError> {
     let f = figures(server, Counts::Current).await?;
     let summary = app.store.read(clusters::summary).await?;
     let settings = app.settings();
-    let problems: Vec<ProblemView> = app.health.problems().iter().map(Into::into).collect();
+    let mut problems: Vec<ProblemView> = app.health.problems().iter().map(Into::into).collect();
+    // As /api/health has it: a reconciler loop that stopped turning is a problem too.
+    if let Some(stall) = super::routes::reconciler_stall(app) {
+        problems.push(ProblemView {
+            cause: "reconciler",
+            message: stall,
+            since: Timestamp::now().iso(),
+        });
+    }
     let mut by_actual = serde_json::Map::new();
     for (state, n) in &summary.by_state {
         by_actual.insert(state.as_str().into(), (*n).into());
