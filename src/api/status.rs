@@ -5,7 +5,7 @@
 //! for 10,000 rows on the benchmark machine, more under load: bench/cli.sh), so the count
 //! is kept until the store's epoch moves (a commit, or another program's write noticed).
 //! A scrape does not wait for a new count: it serves the one kept and has it counted again
-//! in the background, so its answer may be one change behind (the next scrape has it).
+//! in the background (at most once a second), so its answer may be one scrape behind.
 //! `/api/status`, asked by a person, waits for a current count. Between changes a scrape
 //! reads nothing but the index of pending retries and the change counter.
 
@@ -33,8 +33,13 @@ use crate::store::time::Timestamp;
 pub struct Scrapes {
     counts: Arc<Mutex<Option<(u64, StateCounts)>>>,
     counting: Arc<AtomicBool>,
+    /// When the last count in the background began: at most one per [`RECOUNT_EVERY`].
+    recounted: Mutex<Option<std::time::Instant>>,
     turn: Mutex<()>,
 }
+
+/// Scrapes have the clusters counted again in the background at most this often.
+const RECOUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What one look at the store gives a scrape.
 struct Figures {
@@ -95,8 +100,15 @@ async fn figures(server: &Server, want: Counts) -> Result<Figures, ApiError> {
 /// the scrapes to come.
 fn recount(server: &Server, epoch: u64) {
     let cache = &server.scrapes;
-    if cache.counting.swap(true, Ordering::AcqRel) {
-        return;
+    {
+        let mut last = cache.recounted.lock().unwrap();
+        if last.is_some_and(|at| at.elapsed() < RECOUNT_EVERY) {
+            return;
+        }
+        if cache.counting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
     }
     let app: AppRef = server.app.clone();
     let (counts, counting) = (cache.counts.clone(), cache.counting.clone());
