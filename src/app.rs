@@ -34,6 +34,10 @@ pub struct App {
     pub clock: Clock,
     /// Clusters to look at now besides those of the change feed (a forgotten row).
     nudged: Mutex<Vec<i64>>,
+    /// When this daemon started, and the sockets it serves (set once listening), for
+    /// `GET /api/status`.
+    pub started_at: std::time::SystemTime,
+    pub endpoints: std::sync::OnceLock<Vec<String>>,
 }
 
 impl App {
@@ -53,6 +57,8 @@ impl App {
             health: Health::default(),
             clock,
             nudged: Mutex::new(Vec::new()),
+            started_at: std::time::SystemTime::now(),
+            endpoints: std::sync::OnceLock::new(),
         })
     }
 

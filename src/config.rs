@@ -116,10 +116,13 @@ settings! {
     /// Unix socket path for the HTTP API when no socket is passed by systemd.
     listen_unix: Option<PathBuf> = none().restart_only();
 
-    /// Command that creates a cluster (gets create_env.sh's arguments).
+    /// Command that creates a cluster: a program path, or in the file an array [program,
+    /// args...]. It gets -n NAME -p PROVIDER --node-port N --pf-port N
+    /// --[no-]register-portainer --[no-]haproxy-route --[no-]register-argocd, and the
+    /// cluster's fields as KINDLER_* variables.
     create_command: CommandLine = script("create-cluster");
 
-    /// Command that deletes a cluster (gets delete_env.sh's arguments).
+    /// Command that deletes a cluster (-n NAME -p PROVIDER).
     delete_command: CommandLine = script("delete-cluster");
 
     /// Command that starts a stopped cluster (-n NAME -p PROVIDER).
@@ -329,6 +332,59 @@ impl clap::Args for SettingArgs {
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
         Self::augment_args(cmd)
     }
+}
+
+/// `--config` and the flags of the settings in `keys` only (a subcommand that does not
+/// use the others does not offer them; the file may still set them).
+fn args_of(keys: &[&str]) -> Vec<Arg> {
+    args(ENV_PREFIX)
+        .into_iter()
+        .filter(|a| a.get_id() == "config" || keys.contains(&a.get_id().as_str()))
+        .collect()
+}
+
+/// Declares a subcommand's part of the settings: the flags of some of them.
+macro_rules! some_settings {
+    ($(#[$doc:meta])* $name:ident: $($key:ident),+) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub SettingArgs);
+
+        impl clap::FromArgMatches for $name {
+            fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+                SettingArgs::from_arg_matches(matches).map($name)
+            }
+
+            fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+                *self = Self::from_arg_matches(matches)?;
+                Ok(())
+            }
+        }
+
+        impl clap::Args for $name {
+            fn augment_args(cmd: clap::Command) -> clap::Command {
+                cmd.args(args_of(&[$(stringify!($key)),+]))
+            }
+
+            fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+                Self::augment_args(cmd)
+            }
+        }
+    };
+}
+
+some_settings! {
+    /// What `reconcile --once` uses: the database, the commands and how they run, the
+    /// backoff it records and the history it keeps.
+    PassSettingArgs: database, create_command, delete_command, start_command, stop_command,
+        probe_command, script_env_pass, script_env_set, max_concurrent_actions,
+        action_timeout, kill_grace, backoff_initial, backoff_max, history_per_cluster,
+        history_max_age, output_tail_lines, log_level
+}
+
+some_settings! {
+    /// What `migrate` uses: the database.
+    MigrateSettingArgs: database, log_level
 }
 
 /// Builds [`Settings`] from the parsed command line, reading the file each time it is

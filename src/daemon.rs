@@ -117,6 +117,7 @@ pub async fn serve(
     let endpoints: Vec<String> = listeners.iter().map(Listener::describe).collect();
     warn_about_commands(&settings);
     let app = App::new(store, settings);
+    let _ = app.endpoints.set(endpoints.clone());
 
     let shutdown = app.shutdown.clone();
     let signals = tokio::spawn(handle_signals(

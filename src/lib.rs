@@ -14,11 +14,13 @@
 
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod procs;

@@ -32,6 +32,9 @@ declare -A needs=(
     [apt-ftparchive]=apt-utils
     [gpg]=gnupg
     [python3]=python3
+    [promtool]=prometheus
+    [script]=bsdutils
+    [groff]=groff-base
 )
 missing=()
 for cmd in "${!needs[@]}"; do
@@ -58,5 +61,6 @@ tests/system/run.sh
 
 step "benchmarks (smoke)"
 bench/run.sh --quick
+bench/cli.sh --quick
 
 step "all tests passed"

@@ -88,7 +88,8 @@ rm -rf "$out/build"
 umask 022
 mkdir -p "$tree/packaging/deb"
 cp -r "$repo/systemd" "$repo/scripts" "$repo/README.md" "$tree/"
-cp "$here/kindler.toml" "$here/kindler.8" "$tree/packaging/deb/"
+cp "$here/kindler.toml" "$tree/packaging/deb/"
+cp -r "$repo/packaging/prometheus" "$tree/packaging/"
 cp -r "$here/debian" "$tree/debian"
 cp "$binary" "$tree/kindler"
 

@@ -9,6 +9,7 @@ mod create;
 pub mod guard;
 mod response;
 mod routes;
+mod status;
 mod tasks;
 mod views;
 mod ws;
@@ -60,6 +61,7 @@ pub async fn serve(app: AppRef, listeners: Vec<Listener>, shutdown: Cancellation
         conns: Connections::new(MAX_CONNECTIONS),
         app,
         responses: ResponseCache::default(),
+        scrapes: Default::default(),
         connections: connections.clone(),
         stop: Stop {
             graceful: shutdown.clone(),
@@ -135,6 +137,7 @@ pub struct Server {
     /// The connections held, and who makes room when there are too many.
     conns: Arc<Connections>,
     responses: ResponseCache,
+    scrapes: status::Scrapes,
     connections: TaskTracker,
     stop: Stop,
 }

@@ -17,6 +17,7 @@ use super::views::{
 use super::Server;
 use crate::app::AppRef;
 use crate::log::{ids, Event, Priority};
+use crate::metrics::{self, METRICS};
 use crate::model::{ClusterName, DesiredState};
 use crate::store::clusters::{self, ClusterRecord, InvalidRow};
 use crate::store::runs;
@@ -35,10 +36,17 @@ const HISTORY_LIMIT: u32 = 50;
 const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn handle(server: Arc<Server>, via: Via, req: Request<Incoming>) -> Reply {
-    match route(&server, via, req).await {
+    let (started, method) = (
+        std::time::Instant::now(),
+        metrics::method_label(req.method()),
+    );
+    let route_label = metrics::route_label(req.uri().path());
+    let reply = match route(&server, via, req).await {
         Ok(reply) => reply,
         Err(e) => e.reply(),
-    }
+    };
+    METRICS.http_request(route_label, method, reply.status(), started.elapsed());
+    reply
 }
 
 async fn route(server: &Server, via: Via, req: Request<Incoming>) -> Result<Reply, ApiError> {
@@ -61,6 +69,14 @@ async fn route(server: &Server, via: Via, req: Request<Incoming>) -> Result<Repl
         ["api", "health"] => {
             only(&method, &Method::GET, "GET")?;
             health_reply(app).await
+        }
+        ["api", "status"] => {
+            only(&method, &Method::GET, "GET")?;
+            super::status::status(server).await
+        }
+        ["metrics"] => {
+            only(&method, &Method::GET, "GET")?;
+            super::status::metrics(server).await
         }
         ["api", "config"] => {
             only(&method, &Method::GET, "GET")?;
@@ -219,7 +235,7 @@ async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
 
 /// The reconciler loop turns at least once per poll interval, and a turn waits at most for
 /// the store's busy timeout; one that has not turned for much longer is stuck.
-fn reconciler_stall(app: &AppRef) -> Option<String> {
+pub(super) fn reconciler_stall(app: &AppRef) -> Option<String> {
     let age = app.heartbeat.age();
     let limit = STALL_AFTER + app.settings().poll_interval * 2;
     (age > limit).then(|| {

@@ -145,6 +145,11 @@ impl Facts {
 
 /// Reads what the store knows about a task id; `None` when it names nothing known.
 pub fn facts(conn: &Connection, task_id: &str) -> StoreResult<Option<Facts>> {
+    // One snapshot for the row and its runs: a run's end and the row's change are committed
+    // together, and read apart they could disagree (a failed run on a row without its
+    // retry time, said "kindler retries now").
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
     let mut found = Vec::new();
     for (kind, name) in readings(task_id) {
         let row = match clusters::by_name(conn, &name)? {

@@ -6,6 +6,10 @@
 //! derived from the store and the runs in progress (see `tasks.rs`); a connection looks
 //! again only when one of them changed (a commit, a script's output line, health), at most
 //! once per [`LOOK_EVERY`], so idle subscriptions cost nothing.
+//!
+//! A script's output reaches its running tasks sooner, every [`LIVE_EVERY`] at most: what
+//! the store said of the task is kept from the last look, and only the output (memory) is
+//! read again, unless a run began or ended meanwhile (then the store is read again).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,9 +37,13 @@ use super::tasks;
 use super::Stop;
 use crate::app::AppRef;
 use crate::log;
+use crate::metrics::METRICS;
 use crate::store::StoreError;
 
 const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// How often new output lines of a running task are pushed at most (`kindler create
+/// --wait` shows them as they come).
+const LIVE_EVERY: Duration = Duration::from_millis(20);
 /// Subscriptions one connection may hold (the WebUI holds one per task it started).
 const MAX_SUBSCRIPTIONS: usize = 64;
 /// Largest client message: a subscription is well under 200 bytes. (The library's own
@@ -122,33 +130,49 @@ pub fn upgrade(
 struct Sent {
     update: Option<String>,
     running: bool,
+    /// What the store said of the task at the last look, while it was running.
+    facts: Option<tasks::Facts>,
 }
 
-/// Which subscriptions a change may have changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Dirty {
-    None,
-    /// Output of a running script: only tasks that are running show it.
-    Running,
-    /// The store or health: any task.
-    All,
+/// What changed since the last look.
+#[derive(Debug, Default, Clone, Copy)]
+struct Dirty {
+    /// The store or health: any task may have changed; looked at every LOOK_EVERY at most.
+    store: bool,
+    /// Output of a running script: only tasks that are running show it; pushed every
+    /// LIVE_EVERY at most, from the facts kept.
+    output: bool,
 }
 
 async fn serve<S>(app: AppRef, stop: &Stop, held: &Held, mut ws: WebSocketStream<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut subscribed: HashMap<String, Sent> = HashMap::new();
+    let _open = Counted::new(&METRICS.websocket_connections, 1);
+    let mut subscribed = Subscriptions::default();
     // Nothing is looked up while nothing changes: the connection sleeps until the store
     // commits, a running script prints, or health changes, then looks at most once per
     // LOOK_EVERY.
     let mut store = app.store.watch();
     let mut live = app.runs.watch();
     let mut health = app.health.watch();
-    let mut dirty = Dirty::None;
+    let mut dirty = Dirty::default();
     let mut next_look = Instant::now();
+    let mut next_live = Instant::now();
+    // The runs in progress as of the last look at the store.
+    let mut runs_seen = app.runs.generation();
     loop {
         let watching = !subscribed.is_empty();
+        // A run that began or ended is looked at as soon as output would be (a failed
+        // attempt is seen before its retry starts); other changes wait their look, and
+        // output does not wait for them.
+        let runs_moved = app.runs.generation() != runs_seen;
+        let look_at = match (dirty.store && !runs_moved, dirty.output || runs_moved) {
+            (true, true) => next_look.min(next_live),
+            (true, false) => next_look,
+            _ => next_live,
+        };
+        let pending = dirty.store || dirty.output || runs_moved;
         tokio::select! {
             biased;
             _ = stop.graceful.cancelled() => {
@@ -187,17 +211,30 @@ where
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {} // pings are answered by the library; binary is ignored
             },
-            Ok(()) = store.changed(), if watching => dirty = Dirty::All,
-            Ok(()) = health.changed(), if watching => dirty = Dirty::All,
-            Ok(()) = live.changed(), if watching => dirty = dirty.max(Dirty::Running),
-            _ = tokio::time::sleep_until(next_look.into()), if watching && dirty != Dirty::None => {
+            Ok(()) = store.changed(), if watching => dirty.store = true,
+            Ok(()) = health.changed(), if watching => dirty.store = true,
+            Ok(()) = live.changed(), if watching => dirty.output = true,
+            _ = tokio::time::sleep_until(look_at.into()), if watching && pending => {
+                let now = Instant::now();
+                let runs_now = app.runs.generation();
+                let look = (dirty.store && now >= next_look) || runs_now != runs_seen;
+                if !look {
+                    dirty.output = false;
+                    next_live = now + LIVE_EVERY;
+                    if let Err(e) = push_output(&app, &mut ws, &mut subscribed).await {
+                        return e.note();
+                    }
+                    continue;
+                }
                 let ids = subscribed
                     .iter()
-                    .filter(|(_, sent)| dirty == Dirty::All || sent.running)
+                    .filter(|(_, sent)| dirty.store || sent.running || runs_now != runs_seen)
                     .map(|(id, _)| id.clone())
                     .collect();
-                dirty = Dirty::None;
-                next_look = Instant::now() + LOOK_EVERY;
+                dirty = Dirty::default();
+                runs_seen = runs_now;
+                next_look = now + LOOK_EVERY;
+                next_live = now + LIVE_EVERY;
                 if let Err(e) = push(&app, &mut ws, &mut subscribed, ids).await {
                     return e.note();
                 }
@@ -208,7 +245,7 @@ where
 
 /// Applies a client message; returns an immediate reply, if any, and the task id of a new
 /// subscription.
-fn handle(text: &str, subscribed: &mut HashMap<String, Sent>) -> (Option<String>, Option<String>) {
+fn handle(text: &str, subscribed: &mut Subscriptions) -> (Option<String>, Option<String>) {
     match serde_json::from_str::<ClientMessage>(text) {
         Ok(ClientMessage::Subscribe { task_id }) if task_id.len() > MAX_TASK_ID => (
             Some(error(&format!(
@@ -220,7 +257,7 @@ fn handle(text: &str, subscribed: &mut HashMap<String, Sent>) -> (Option<String>
             (None, None)
         }
         Ok(ClientMessage::Subscribe { task_id }) if subscribed.len() < MAX_SUBSCRIPTIONS => {
-            subscribed.insert(task_id.clone(), Sent::default());
+            subscribed.insert(task_id.clone());
             (None, Some(task_id))
         }
         Ok(ClientMessage::Subscribe { .. }) => (
@@ -266,7 +303,7 @@ impl PushError {
 async fn push<S>(
     app: &AppRef,
     ws: &mut WebSocketStream<S>,
-    subscribed: &mut HashMap<String, Sent>,
+    subscribed: &mut Subscriptions,
     ids: Vec<String>,
 ) -> Result<(), PushError>
 where
@@ -285,17 +322,118 @@ where
         .await?;
     for (facts, id) in found {
         let Some(facts) = facts else { continue };
-        let status = tasks::describe(&id, &facts, &super::routes::activity(app, &facts));
-        let running = status.status == "running";
-        let update = serde_json::json!({"type": "task_update", "task": status}).to_string();
-        let Some(sent) = subscribed.get_mut(&id) else {
-            continue;
-        };
-        sent.running = running;
-        if sent.update.as_deref() != Some(update.as_str()) {
-            ws.send(Message::text(update.clone())).await?;
-            sent.update = Some(update);
-        }
+        send_update(app, ws, subscribed, &id, facts).await?;
     }
     Ok(())
+}
+
+/// Sends the task's status if it changed since the last update sent; keeps the facts while
+/// the task runs.
+async fn send_update<S>(
+    app: &AppRef,
+    ws: &mut WebSocketStream<S>,
+    subscribed: &mut Subscriptions,
+    id: &str,
+    facts: tasks::Facts,
+) -> Result<(), PushError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let status = tasks::describe(id, &facts, &super::routes::activity(app, &facts));
+    let running = status.status == "running";
+    let update = serde_json::json!({"type": "task_update", "task": status}).to_string();
+    let Some(sent) = subscribed.map.get_mut(id) else {
+        return Ok(());
+    };
+    sent.running = running;
+    sent.facts = running.then_some(facts);
+    if sent.update.as_deref() != Some(update.as_str()) {
+        ws.send(Message::text(update.clone())).await?;
+        sent.update = Some(update);
+    }
+    Ok(())
+}
+
+/// New output of running tasks, from the facts kept at the last look (no store read).
+async fn push_output<S>(
+    app: &AppRef,
+    ws: &mut WebSocketStream<S>,
+    subscribed: &mut Subscriptions,
+) -> Result<(), PushError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let running: Vec<(String, tasks::Facts)> = subscribed
+        .map
+        .iter()
+        .filter_map(|(id, sent)| Some((id.clone(), sent.facts.clone()?)))
+        .collect();
+    for (id, facts) in running {
+        send_update(app, ws, subscribed, &id, facts).await?;
+    }
+    Ok(())
+}
+
+/// A gauge raised by `by` while this lives.
+struct Counted {
+    gauge: prometheus::IntGauge,
+    by: i64,
+}
+
+impl Counted {
+    fn new(gauge: &prometheus::IntGauge, by: i64) -> Counted {
+        gauge.add(by);
+        Counted {
+            gauge: gauge.clone(),
+            by,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.gauge.sub(self.by);
+    }
+}
+
+/// A connection's subscriptions, counted in the metrics while they exist.
+#[derive(Default)]
+struct Subscriptions {
+    map: HashMap<String, Sent>,
+}
+
+impl Subscriptions {
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn contains_key(&self, id: &str) -> bool {
+        self.map.contains_key(id)
+    }
+
+    fn insert(&mut self, id: String) {
+        if self.map.insert(id, Sent::default()).is_none() {
+            METRICS.websocket_subscriptions.inc();
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if self.map.remove(id).is_some() {
+            METRICS.websocket_subscriptions.dec();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Sent)> {
+        self.map.iter()
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        METRICS.websocket_subscriptions.sub(self.map.len() as i64);
+    }
 }

@@ -125,6 +125,10 @@ impl<T: Value> Spec<T> {
 
     /// The value given by a flag or, failing that, its variable (not clap's default).
     pub fn given(&self, matches: &ArgMatches) -> Option<T> {
+        // A subcommand that does not use this setting has no flag for it.
+        if matches.try_contains_id(self.key).is_err() {
+            return None;
+        }
         match matches.value_source(self.key) {
             Some(ValueSource::CommandLine | ValueSource::EnvVariable) => {
                 matches.get_one::<T>(self.key).cloned()

@@ -81,6 +81,11 @@ impl Reconciler {
         let (plan, finished) = (&pending.done.plan, &pending.done.finished);
         match recorded {
             Ok(end) => {
+                crate::metrics::METRICS.reconcile_ended(
+                    plan.action,
+                    pending.verdict.outcome,
+                    finished.duration,
+                );
                 self.app.runs.remove(plan.run_id);
                 log_end(plan, finished, &pending.verdict, &end);
                 self.schedule.recorded(id, Instant::now());

@@ -3,6 +3,7 @@
 //! reconciler adds and removes runs; everyone else only looks, through [`LiveRuns`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -29,8 +30,11 @@ impl LiveRun {
 /// The runs in progress, by run id.
 pub struct LiveRuns {
     runs: Mutex<HashMap<i64, LiveRun>>,
-    /// Changes with every output line of any run in progress.
+    /// Changes with every output line of any run in progress, and when a run begins or
+    /// ends.
     changed: Arc<watch::Sender<()>>,
+    /// Moves when a run begins or ends (see [`LiveRuns::generation`]).
+    generation: AtomicU64,
 }
 
 impl Default for LiveRuns {
@@ -38,6 +42,7 @@ impl Default for LiveRuns {
         LiveRuns {
             runs: Mutex::new(HashMap::new()),
             changed: Arc::new(watch::Sender::new(())),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -51,12 +56,22 @@ impl LiveRuns {
             changed: self.changed.clone(),
         };
         self.runs.lock().unwrap().insert(run_id, run.clone());
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.changed.send_replace(());
         run
     }
 
     /// The run is over and recorded.
     pub(crate) fn remove(&self, run_id: i64) {
         self.runs.lock().unwrap().remove(&run_id);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.changed.send_replace(());
+    }
+
+    /// A number that moves whenever a run begins or ends (not with its output): what is
+    /// known about which runs are in progress holds while it stays.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Output lines of a run in progress, if it is one.
@@ -78,7 +93,7 @@ impl LiveRuns {
             .collect()
     }
 
-    /// Changes with every output line of a run in progress.
+    /// Changes with every output line of a run in progress, and when a run begins or ends.
     pub fn watch(&self) -> watch::Receiver<()> {
         self.changed.subscribe()
     }

@@ -270,6 +270,15 @@ impl Reconciler {
                 Decision::Idle => {}
             }
         }
+        self.publish_waiting();
+    }
+
+    /// Tells the metrics how many due clusters wait for a slot, and since when.
+    fn publish_waiting(&self) {
+        let now = Instant::now();
+        let (count, oldest) = self.schedule.waiting(now);
+        let since = oldest.map(|at| std::time::SystemTime::now() - (now - at));
+        crate::metrics::METRICS.set_waiting(count, since);
     }
 
     /// A row kindler cannot act on: reported once, listed by health until it is readable.

@@ -83,6 +83,26 @@ impl<R> Schedule<R> {
         self.by_time.first().map(|(at, _)| *at)
     }
 
+    /// Clusters due at `now` that wait because every slot is taken, and the due time of
+    /// the one waiting longest. (With a free slot, `next` has taken every due cluster.)
+    pub fn waiting(&self, now: Instant) -> (usize, Option<Instant>) {
+        if self.running.len() < self.cap {
+            return (0, None);
+        }
+        let due = self
+            .by_time
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .filter(|(_, id)| !self.is_busy(*id));
+        let mut count = 0;
+        let mut oldest = None;
+        for (at, _) in due {
+            count += 1;
+            oldest.get_or_insert(*at);
+        }
+        (count, oldest)
+    }
+
     /// An action of cluster `id` started.
     pub fn start(&mut self, id: i64, handle: R) {
         self.running.insert(id, handle);

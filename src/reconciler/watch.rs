@@ -75,6 +75,7 @@ impl Reconciler {
         self.feed_stale = changed.is_err();
         if let Ok((top, ids)) = changed {
             self.cursor = self.cursor.max(top);
+            crate::metrics::METRICS.feed_read(self.cursor);
             touched.extend(ids);
         }
         let mut recheck = Vec::new();

@@ -111,6 +111,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Transaction) -> StoreResult<T> + Send + 'static,
     {
+        let submitted = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         let job = Typed {
             work: Some(work),
@@ -118,7 +119,11 @@ impl Writer {
             reply,
         };
         self.send(Job::Write(Box::new(job)))?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        let answered = answer.await.map_err(|_| StoreError::WriterGone)?;
+        crate::metrics::METRICS
+            .store_write_seconds
+            .observe(submitted.elapsed().as_secs_f64());
+        answered
     }
 
     pub async fn data_version(&self) -> StoreResult<i64> {
@@ -150,9 +155,14 @@ fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &Epoch, identity: &I
             release_log_if_replaced(&conn, identity, &mut log_released);
             continue;
         }
+        let began = std::time::Instant::now();
         let outcome = commit_where_found(&mut conn, &mut group, identity);
         if outcome.is_ok() {
             epoch.bump();
+            let m = &crate::metrics::METRICS;
+            m.store_commit_seconds
+                .observe(began.elapsed().as_secs_f64());
+            m.store_commit_jobs.observe(group.len() as f64);
         }
         if matches!(outcome, Err(GroupFailure::Replaced(_))) {
             // Before any refusal is answered.

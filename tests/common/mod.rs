@@ -139,6 +139,27 @@ impl Env {
         daemon
     }
 
+    /// Starts a daemon that binds a TCP port and a unix socket itself (no socket passed,
+    /// as `kindler serve` outside systemd); returns once TCP answers, with both addresses.
+    pub fn start_listening(&self, extra: &[&str]) -> Listening {
+        let port = testkit::free_port().expect("a free port");
+        let sock = self.dir.path().join("api.sock");
+        let mut cmd = self.command(&[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--listen-unix",
+            sock.to_str().unwrap(),
+        ]);
+        cmd.args(extra).stderr(Stdio::null());
+        let daemon = Guarded(cmd.spawn().expect("start kindler"));
+        eventually(Duration::from_secs(10), "the TCP listener", || {
+            try_request(port, "GET", "/api/health", None, Duration::from_secs(1))
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        Listening { daemon, port, sock }
+    }
+
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Response {
         request(self.port, method, path, body)
     }
@@ -261,6 +282,12 @@ impl Drop for Env {
     }
 }
 
+/// A daemon bound to its own TCP port and unix socket (see [`Env::start_listening`]).
+pub struct Listening {
+    pub daemon: Guarded,
+    pub port: u16,
+    pub sock: PathBuf,
+}
 /// Waits until `path` contains `needle`; on timeout, the error is the file's text.
 pub fn wait_for_file_text(path: &Path, needle: &str, timeout: Duration) -> Result<(), String> {
     let mut text = String::new();

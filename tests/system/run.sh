@@ -528,6 +528,16 @@ if wait_for 30 state_is dev running; then
 else
     fail "cluster dev did not reach running (actual_state '$(cluster_field dev actual_state)', reconcile_error '$(cluster_field dev reconcile_error)')"
 fi
+check "kindler ls (root, over /run/kindler/api.sock) shows dev running" \
+    C sh -c 'kindler ls | grep -Eq "^dev +k3d +present +running "'
+check "kindler status names the unix socket it reached" \
+    C sh -c 'kindler status | grep -q "unix:/run/kindler/api.sock"'
+check "the man pages and shell completions are installed" \
+    C test -f /usr/share/man/man8/kindler.8.gz -a -f /usr/share/man/man1/kindler-ls.1.gz \
+    -a -f /usr/share/bash-completion/completions/kindler
+api GET /metrics
+check "GET /metrics answers 200 with the clusters by state" \
+    test "$CODE" = 200 -a -n "$(printf '%s' "$BODY" | grep '^kindler_clusters{')"
 C journalctl -u kindler.service -o json --no-pager >"$work/journal-dev.json" 2>/dev/null
 journal_check() { # journal_check CLUSTER MESSAGE_ID ACTION
     python3 - "$work/journal-dev.json" "$@" <<'EOF'
