@@ -16,7 +16,7 @@ use crate::app::{App, AppRef};
 use crate::config::{Loader, Settings};
 use crate::log::{self, ids, Event, Priority};
 use crate::reconciler::{Mode, PassReport, Reconciler};
-use crate::store::{clusters, Store};
+use crate::store::Store;
 use crate::systemd::{self, Listener};
 
 /// Longest a reload may take to read the configuration.
@@ -133,7 +133,7 @@ pub async fn serve(
     if let Err(e) = api::health(&app).await {
         return Err(Fatal::new(1, format!("the store cannot be read: {e}")));
     }
-    let summary = match app.store.read(clusters::summary).await {
+    let summary = match app.store.summary().await {
         Ok(s) => systemd::status_line(&s, std::time::SystemTime::now()),
         Err(_) => "ready".into(),
     };
@@ -145,7 +145,7 @@ pub async fn serve(
             "kindler {} ready on {}; database {}",
             env!("CARGO_PKG_VERSION"),
             endpoints.join(", "),
-            app.store.path().display()
+            app.store.describe()
         ),
     )
     .id(ids::DAEMON_READY)

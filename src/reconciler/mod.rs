@@ -37,7 +37,7 @@ use crate::health::IgnoredRow;
 use crate::log::{self, ids, Event, Priority};
 use crate::model::Action;
 use crate::procs;
-use crate::store::clusters::{self, ClusterRecord, InvalidRow};
+use crate::store::clusters::{ClusterRecord, InvalidRow};
 use crate::store::runs;
 use crate::systemd;
 
@@ -222,7 +222,7 @@ impl Reconciler {
 
     /// A cluster's row, and what it means to the loop.
     async fn load(&self, id: i64) -> Found {
-        let row = self.app.store.read(move |c| clusters::by_id(c, id)).await;
+        let row = self.app.store.by_id(id).await;
         self.app.health.track(
             crate::health::Cause::StoreReads,
             &row,
@@ -295,26 +295,17 @@ impl Reconciler {
         let attempt = record.attempts.saturating_add(1);
         let tag = procs::new_tag();
         let (id, generation, name) = (record.id, record.generation, record.spec.name.to_string());
-        let started_at = self.app.clock.now();
-        let run_tag = tag.clone();
         let begun = self
             .app
             .store
-            .write(move |tx| {
-                let run_id = runs::insert(
-                    tx,
-                    &runs::NewRun {
-                        cluster_id: id,
-                        cluster_name: &name,
-                        action,
-                        generation,
-                        attempt,
-                        started_at,
-                        process_tag: &run_tag,
-                    },
-                )?;
-                clusters::begin_action(tx, id, action)?;
-                Ok(run_id)
+            .begin_run(runs::NewRun {
+                cluster_id: id,
+                cluster_name: name,
+                action,
+                generation,
+                attempt,
+                started_at: self.app.clock.now(),
+                process_tag: tag.clone(),
             })
             .await;
         self.app.note_write(&begun, "starting an action");

@@ -250,15 +250,7 @@ pub fn port_holder(
             ))
         })
         .optional()?;
-    Ok(found.map(|(name, field)| {
-        let field = match field.as_str() {
-            "pf_port" => "pf_port",
-            "http_port" => "http_port",
-            "https_port" => "https_port",
-            _ => "node_port",
-        };
-        (name, field)
-    }))
+    Ok(found.map(|(name, field)| (name, super::ports::field_name(&field))))
 }
 
 /// Ports between `first` and `last` that some live cluster holds, in any field.
@@ -469,6 +461,36 @@ pub fn finish_action(tx: &Transaction, id: i64, r: &ActionResult) -> StoreResult
         r.probe.map(|p| p.add_ons.argocd.as_str()),
     ])?;
     Ok(())
+}
+
+/// What the end of a run does to its cluster's row, as the state machine decided it on
+/// the row as it was then (see `Store::record_end`).
+#[derive(Debug, Clone)]
+pub enum RowUpdate {
+    /// The cluster is deleted: the row goes (unless it was declared again meanwhile).
+    Remove,
+    /// The action is over, for good or ill.
+    Settle(ActionResult),
+    /// The action did not finish: the row keeps its in-progress state, so that it is redone,
+    /// and says why.
+    Interrupted {
+        in_progress: ActualState,
+        note: String,
+    },
+    /// Nothing to record on the row.
+    Keep,
+}
+
+/// Carries a [`RowUpdate`] out on row `id`; true when it removed the row.
+pub fn apply(tx: &Transaction, id: i64, update: &RowUpdate) -> StoreResult<bool> {
+    match update {
+        RowUpdate::Remove => remove_if_absent(tx, id),
+        RowUpdate::Settle(result) => finish_action(tx, id, result).map(|()| false),
+        RowUpdate::Interrupted { in_progress, note } => {
+            mark_interrupted(tx, id, *in_progress, note).map(|_| false)
+        }
+        RowUpdate::Keep => Ok(false),
+    }
 }
 
 /// Removes a row by its name as stored (valid or not), whatever its state; returns its id.

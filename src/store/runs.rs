@@ -79,14 +79,16 @@ fn narrow<T: TryFrom<i64>>(n: Option<i64>) -> Option<T> {
     n.and_then(|n| n.try_into().ok())
 }
 
-pub struct NewRun<'a> {
+/// A run that begins.
+#[derive(Debug, Clone)]
+pub struct NewRun {
     pub cluster_id: i64,
-    pub cluster_name: &'a str,
+    pub cluster_name: String,
     pub action: Action,
     pub generation: i64,
     pub attempt: u32,
     pub started_at: SystemTime,
-    pub process_tag: &'a str,
+    pub process_tag: String,
 }
 
 pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
@@ -109,14 +111,16 @@ pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
     Ok(tx.last_insert_rowid())
 }
 
-pub struct RunEnd<'a> {
+/// How a run ended, as its history row keeps it.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
     pub outcome: RunOutcome,
     pub ended_at: SystemTime,
     pub duration: Duration,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    pub error: Option<&'a str>,
-    pub output_tail: &'a [String],
+    pub error: Option<String>,
+    pub output_tail: Vec<String>,
     pub pgid: Option<i32>,
 }
 
