@@ -15,6 +15,8 @@ pub struct Request {
     pub spec: ClusterSpec,
     /// Host port fields the client left out (their defaults may move; see `store::ports`).
     pub omitted: Vec<&'static str>,
+    /// The host the client asked for; `None` leaves the choice to kindler.
+    pub host: Option<String>,
 }
 
 impl Request {
@@ -28,7 +30,7 @@ impl Request {
                 http: settings.http_port_range,
                 https: settings.https_port_range,
             },
-            host: None,
+            host: self.host,
         }
     }
 }
@@ -61,6 +63,7 @@ pub fn parse(body: &[u8]) -> Result<Request, Vec<FieldError>> {
     let haproxy_route = flag(&obj, "haproxy_route", &mut errors);
     let register_argocd = flag(&obj, "register_argocd", &mut errors);
     distinct_host_ports(pf_port, http_port, https_port, &mut errors);
+    let host = host(&obj, &mut errors);
     let omitted = ["pf_port", "http_port", "https_port"]
         .into_iter()
         .filter(|f| !obj.contains_key(*f))
@@ -68,6 +71,7 @@ pub fn parse(body: &[u8]) -> Result<Request, Vec<FieldError>> {
     match (name, provider) {
         (Some(name), Some(provider)) if errors.is_empty() => Ok(Request {
             omitted,
+            host,
             spec: ClusterSpec {
                 name,
                 provider,
@@ -154,6 +158,23 @@ fn port(obj: &Map<String, Value>, field: &str, default: u16, errors: &mut Vec<Fi
                 "Input should be a valid integer",
             ));
             default
+        }
+    }
+}
+
+/// `null` and `""` leave the choice to kindler.
+fn host(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    match obj.get("host") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            errors.push(FieldError::body(
+                "host",
+                "string_type",
+                "Input should be a valid string",
+            ));
+            None
         }
     }
 }

@@ -13,12 +13,14 @@ use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
 use super::tasks::{self, TaskKind};
 use super::views::{
     ClusterInfo, ClusterStatus, ConfigView, Health, ProblemView, RunView, TaskCreate,
+    UnreachableHostView,
 };
 use super::Server;
 use crate::app::AppRef;
 use crate::log::{ids, Event, Priority};
 use crate::model::{ClusterName, DesiredState};
 use crate::store::clusters::{ClusterRecord, InvalidRow};
+use crate::store::ports::Refusal;
 use crate::store::time::Timestamp;
 
 /// Largest request body accepted.
@@ -188,6 +190,19 @@ async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
         .into_iter()
         .map(Into::into)
         .collect();
+    let unreachable_hosts = app
+        .health
+        .unreachable_hosts()
+        .into_iter()
+        .map(|(host, clusters)| UnreachableHostView {
+            message: format!(
+                "host {host} is unreachable (its agent's lease ran out): nobody acts on its \
+                 {clusters} clusters until it is back"
+            ),
+            host,
+            clusters,
+        })
+        .collect();
     let healthy = problems.is_empty();
     let body = Health {
         status: if healthy { "healthy" } else { "degraded" },
@@ -199,6 +214,7 @@ async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
         }),
         problems,
         ignored_rows,
+        unreachable_hosts,
     };
     let status = if healthy {
         StatusCode::OK
@@ -378,11 +394,21 @@ async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError>
     app.note_write(&stored, "storing a declaration");
     let created = match stored? {
         Ok(created) => created,
+        Err(refusal) if refusal.is_invalid_request() => {
+            return Err(ApiError::Invalid(vec![FieldError::body(
+                "host",
+                "value_error",
+                refusal.message(&name),
+            )]))
+        }
+        Err(refusal @ Refusal::NoLiveHost) => {
+            return Err(ApiError::Unavailable(refusal.message(&name)))
+        }
         Err(refusal) => return Err(ApiError::Conflict(refusal.message(&name))),
     };
-    let (spec, reassigned) = (created.spec, created.reassigned);
+    let (spec, reassigned, host) = (created.spec, created.reassigned, created.host);
     app.wake.notify_one();
-    let mut message = format!("Cluster {name} declared; kindler is creating it");
+    let mut message = format!("Cluster {name} declared; kindler is creating it on host {host}");
     for r in &reassigned {
         message.push_str(&format!(
             "; {} {} was taken, {} assigned",
@@ -397,6 +423,7 @@ async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError>
     .field("CLUSTER", &name)
     .field("PROVIDER", spec.provider)
     .field("DESIRED_STATE", DesiredState::Present)
+    .field("HOST", &host)
     .emit();
     Ok(json(
         StatusCode::ACCEPTED,
@@ -404,6 +431,7 @@ async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError>
             task_id: TaskKind::Create.id(&name),
             status: "pending",
             message,
+            host: Some(host),
         },
     ))
 }
@@ -439,6 +467,7 @@ async fn delete(app: &AppRef, raw: &str) -> Result<Reply, ApiError> {
             task_id: TaskKind::Delete.id(&name),
             status: "pending",
             message: format!("Cluster {name} declared absent; kindler is deleting it"),
+            host: None,
         },
     ))
 }
@@ -500,6 +529,7 @@ async fn power(app: &AppRef, name: ClusterName, kind: TaskKind) -> Result<Reply,
             task_id: kind.id(&name),
             status: "pending",
             message: format!("Cluster {name} declared {desired}; kindler is {verb} it"),
+            host: None,
         },
     ))
 }

@@ -149,6 +149,17 @@ impl Reconciler {
     /// Runs until `shutdown`, then cancels the running actions and records them.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let app = self.app.clone();
+        // In a fleet, nothing is done about the host's clusters before its lease is held
+        // (another agent may still act on them).
+        let held = async {
+            tokio::select! {
+                _ = app.store.until_lease_held() => true,
+                _ = shutdown.cancelled() => false,
+            }
+        };
+        if !beating(&app.heartbeat, held).await {
+            return;
+        }
         beating(&app.heartbeat, self.recover()).await;
         self.load_all().await;
         loop {
@@ -165,6 +176,7 @@ impl Reconciler {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = self.app.wake.notified() => self.sync_changes().await,
+                _ = app.store.feed_moved() => self.sync_changes().await,
                 Some(done) = self.done_rx.recv() => self.finish(done).await,
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
@@ -246,6 +258,8 @@ impl Reconciler {
                 continue;
             }
             let record = match self.load(id).await {
+                // Another host's cluster (moved there meanwhile): its agent acts on it.
+                Found::Row(record) if !self.owns(&record, &settings) => continue,
                 Found::Row(record) => record,
                 Found::Gone => {
                     self.app.health.unignore_row(id);
@@ -270,6 +284,11 @@ impl Reconciler {
                 Decision::Idle => {}
             }
         }
+    }
+
+    /// The cluster lives on this agent's host.
+    fn owns(&self, record: &ClusterRecord, settings: &Settings) -> bool {
+        record.host.as_ref().is_none_or(|h| h.name == settings.host)
     }
 
     /// A row kindler cannot act on: reported once, listed by health until it is readable.

@@ -36,6 +36,18 @@ pub struct ClusterRecord {
     pub nodes_total: Option<i64>,
     /// As the last successful probe reported them.
     pub add_ons: AddOnStatus,
+    /// The host the cluster lives on, in a fleet sharing PostgreSQL; `None` in an embedded
+    /// store, whose clusters are all on the host kindler runs on.
+    pub host: Option<FleetHost>,
+}
+
+/// A cluster's host in a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetHost {
+    pub name: String,
+    /// Its agent holds the host's lease: it acts on the cluster. When false nobody does
+    /// (local clusters cannot move) until the agent is back.
+    pub reachable: bool,
 }
 
 #[cfg(test)]
@@ -72,6 +84,7 @@ impl ClusterRecord {
             nodes_ready: None,
             nodes_total: None,
             add_ons: AddOnStatus::UNKNOWN,
+            host: None,
         }
     }
 }
@@ -112,7 +125,7 @@ fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
 /// not a name, a port that is not one, a generation that is not a number) makes the row an
 /// [`InvalidRow`], reported and left alone, rather than an error that would fail every
 /// query touching the table; what is only shown (nodes, add-ons, times) is read as unknown.
-fn cluster(r: &RowReader) -> Parsed {
+pub(super) fn cluster(r: &RowReader) -> Parsed {
     let id = r.key("id");
     let raw_name = r.text("name").unwrap_or_default();
     let invalid = |reason: String| InvalidRow {
@@ -185,6 +198,7 @@ fn cluster(r: &RowReader) -> Parsed {
             r.text("portainer_status").as_deref(),
             r.text("argocd_status").as_deref(),
         ),
+        host: None,
     })
 }
 
@@ -543,20 +557,23 @@ pub fn schedule_rows(conn: &Connection) -> StoreResult<Vec<ScheduleRow>> {
     let mut stmt =
         conn.prepare("SELECT id, actual_state, desired_state, last_reconciled_at FROM clusters")?;
     let rows = stmt
-        .query_map([], |r| {
-            row::read(r, |r| ScheduleRow {
-                id: r.key("id"),
-                actual: ActualState::from_stored(r.text("actual_state").as_deref()),
-                // NULL (or '') is the column's default, as in a full row.
-                desired: match r.text("desired_state") {
-                    None => Some(DesiredState::Present),
-                    Some(text) => text.parse().ok(),
-                },
-                last_reconciled_at: r.timestamp("last_reconciled_at").ok().flatten(),
-            })
-        })?
+        .query_map([], |r| row::read(r, schedule_row))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// Reads `id, actual_state, desired_state, last_reconciled_at`.
+pub(super) fn schedule_row(r: &RowReader) -> ScheduleRow {
+    ScheduleRow {
+        id: r.key("id"),
+        actual: ActualState::from_stored(r.text("actual_state").as_deref()),
+        // NULL (or '') is the column's default, as in a full row.
+        desired: match r.text("desired_state") {
+            None => Some(DesiredState::Present),
+            Some(text) => text.parse().ok(),
+        },
+        last_reconciled_at: r.timestamp("last_reconciled_at").ok().flatten(),
+    }
 }
 
 /// Counts by actual state and the earliest scheduled retry, for the status line.
@@ -574,19 +591,11 @@ pub fn summary(conn: &Connection) -> StoreResult<Summary> {
         "SELECT COALESCE(actual_state, 'unknown') AS state, COUNT(*) AS n
            FROM clusters GROUP BY 1 ORDER BY 1",
     )?;
-    let mut counts = std::collections::HashMap::new();
-    for row in stmt.query_map([], |r| {
-        Ok((row::read(r, |r| r.text("state"))?, r.get::<_, i64>("n")?))
-    })? {
-        let (state, n) = row?;
-        *counts
-            .entry(ActualState::from_stored(state.as_deref()))
-            .or_insert(0) += n;
-    }
-    let by_state = ActualState::ALL
-        .into_iter()
-        .filter_map(|s| counts.get(&s).map(|n| (s, *n)))
-        .collect();
+    let counts = stmt
+        .query_map([], |r| {
+            Ok((row::read(r, |r| r.text("state"))?, r.get::<_, i64>("n")?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
     let next_retry = conn
         .prepare_cached(
             "SELECT name, next_attempt_at FROM clusters WHERE next_attempt_at IS NOT NULL
@@ -601,8 +610,28 @@ pub fn summary(conn: &Connection) -> StoreResult<Summary> {
             })
         })
         .optional()?;
-    Ok(Summary {
-        by_state,
-        next_retry,
-    })
+    Ok(Summary::of(counts, next_retry))
+}
+
+impl Summary {
+    /// From the count of rows by stored actual state, and the earliest retry.
+    pub(super) fn of(
+        counts: Vec<(Option<String>, i64)>,
+        next_retry: Option<(String, Option<Timestamp>)>,
+    ) -> Summary {
+        let mut by_kind = std::collections::HashMap::new();
+        for (state, n) in counts {
+            *by_kind
+                .entry(ActualState::from_stored(state.as_deref()))
+                .or_insert(0) += n;
+        }
+        let by_state = ActualState::ALL
+            .into_iter()
+            .filter_map(|s| by_kind.get(&s).map(|n| (s, *n)))
+            .collect();
+        Summary {
+            by_state,
+            next_retry,
+        }
+    }
 }

@@ -3,12 +3,15 @@
 //! [`Store`] is the boundary the API and the reconciler use: the operations the daemon
 //! performs (create a cluster, declare, begin a run, record its end, read the change feed,
 //! ...), each one transaction. Behind it is a backend: SQLite (`sqlite.rs`, the embedded
-//! default, with the statements in `clusters.rs` and `runs.rs`).
+//! default, with the statements in `clusters.rs` and `runs.rs`), or PostgreSQL
+//! (`postgres/`), which several agents share, one per host, each holding its host's
+//! lease.
 
 pub mod clusters;
 mod identity;
 mod migrate;
 pub mod ports;
+pub mod postgres;
 mod row;
 pub mod runs;
 pub mod sqlite;
@@ -25,6 +28,7 @@ use std::time::Duration;
 use crate::model::{Action, ActualState, ClusterName, ClusterSpec, DesiredState};
 use clusters::{ClusterRecord, Parsed, RowUpdate, ScheduleRow, Summary};
 pub use migrate::Migration;
+pub use postgres::Postgres;
 use runs::{NewRun, RunEnd, RunRecord, Unfinished};
 pub use sqlite::Sqlite;
 use sqlite::BUSY_TIMEOUT;
@@ -78,6 +82,27 @@ pub enum StoreError {
     /// The writer thread could not be started.
     #[error("cannot start the database writer thread: {0}")]
     WriterStart(#[source] std::io::Error),
+    /// PostgreSQL refused a statement, or the connection to it broke.
+    #[error("{}", describe_postgres(.0))]
+    Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// No connection to PostgreSQL could be had: the server is down or cannot be reached.
+    #[error("the database cannot be reached: {0}")]
+    Unreachable(String),
+    /// The `database` URL or the password cannot be used.
+    #[error("{0}")]
+    Config(String),
+    /// This agent no longer holds its host's lease (another agent took it over): it may
+    /// not record anything about the host's clusters.
+    #[error(
+        "this agent no longer holds the lease of host {host} (its fence number {held}, \
+         the lease's now {}): another agent took over, and this one's writes are refused",
+        .current.map(|c| c.to_string()).unwrap_or_else(|| "none".into())
+    )]
+    Fenced {
+        host: String,
+        held: i64,
+        current: Option<i64>,
+    },
     /// A file-system call about the database's files failed.
     #[error("cannot {doing} {}: {source}", .path.display())]
     Io {
@@ -99,6 +124,31 @@ fn describe_sqlite(e: &rusqlite::Error) -> String {
         Some(C::DiskFull) => format!("the disk is full ({e})"),
         Some(C::ReadOnly) => format!("the database cannot be written ({e})"),
         _ => format!("database error: {e}"),
+    }
+}
+
+/// What a PostgreSQL error means to the user: a server that cannot be reached is told
+/// apart from a statement it refused.
+fn describe_postgres(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("database error: {}: {}", db.code().code(), db.message()),
+        None if e.is_closed() => "the connection to the database was lost".into(),
+        None => format!("the database cannot be reached: {e}"),
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(Arc::new(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Unreachable(other.to_string()),
+        }
     }
 }
 
@@ -184,6 +234,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(Sqlite),
+    Postgres(Postgres),
 }
 
 /// Runs `$body` with `$b` bound to the backend.
@@ -191,8 +242,67 @@ macro_rules! on_backend {
     ($self:ident, $b:ident => $body:expr) => {
         match &$self.backend {
             Backend::Sqlite($b) => $body,
+            Backend::Postgres($b) => $body,
         }
     };
+}
+
+/// Where the data is: the `database` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file on this host (the default).
+    Sqlite(PathBuf),
+    /// A `postgres://` URL: a database shared by the agents of several hosts.
+    Postgres(String),
+}
+
+impl Database {
+    /// A URL with the postgres scheme names a PostgreSQL database; anything else is a file.
+    pub fn parse(text: &str) -> Database {
+        let text = text.trim();
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Database::Postgres(text.to_owned())
+        } else {
+            Database::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Database::Sqlite(path) => Some(path),
+            Database::Postgres(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&postgres::connect::redact(url)),
+        }
+    }
+}
+
+/// How asking for a host's lease went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseAttempt {
+    /// This agent holds the lease now, with this fence number.
+    Acquired { fence: i64 },
+    /// Another agent holds it, for at most this long unless it renews it.
+    HeldBy { agent: String, expires_in: Duration },
+}
+
+/// A host of the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostInfo {
+    pub name: String,
+    /// Its agent holds its lease.
+    pub reachable: bool,
+    pub agent: String,
+    pub fence: i64,
+    pub lease_expires_at: Option<std::time::SystemTime>,
+    pub clusters: i64,
 }
 
 impl Store {
@@ -213,22 +323,103 @@ impl Store {
         Ok((store, applied))
     }
 
+    /// Connects to the PostgreSQL database at `url` as the agent of `host`, and brings its
+    /// schema up to date. The lease is not taken yet (see [`Store::acquire_lease`]).
+    pub async fn open_postgres(
+        url: &str,
+        password: Option<String>,
+        host: &str,
+    ) -> StoreResult<(Store, Vec<Migration>)> {
+        let epoch = Arc::new(Epoch::default());
+        let (pg, applied) = Postgres::open(url, password, host, epoch.clone()).await?;
+        let store = Store {
+            backend: Backend::Postgres(pg),
+            epoch,
+        };
+        Ok((store, applied))
+    }
+
     /// The SQLite backend, when it is the one (for what only a file has: its path, its
     /// identity, statements of tests).
     pub fn sqlite(&self) -> Option<&Sqlite> {
         match &self.backend {
             Backend::Sqlite(s) => Some(s),
+            Backend::Postgres(_) => None,
         }
+    }
+
+    /// True for a store several hosts share.
+    pub fn is_fleet(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Where the data is, for messages.
     pub fn describe(&self) -> String {
-        on_backend!(self, b => b.path().display().to_string())
+        match &self.backend {
+            Backend::Sqlite(s) => s.path().display().to_string(),
+            Backend::Postgres(p) => p.describe(),
+        }
+    }
+
+    /// Resolves when this host's part of the change feed moved without a local write (a
+    /// notification from another agent's API); never for SQLite, whose writes are all
+    /// this daemon's or noticed by [`Store::external_change`].
+    pub async fn feed_moved(&self) {
+        match &self.backend {
+            Backend::Sqlite(_) => std::future::pending().await,
+            Backend::Postgres(p) => p.feed_moved().await,
+        }
+    }
+
+    /// Takes this host's lease if it is free (SQLite: the file lock is the lease; always).
+    pub async fn acquire_lease(&self, ttl: Duration) -> StoreResult<LeaseAttempt> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(LeaseAttempt::Acquired { fence: 0 }),
+            Backend::Postgres(p) => p.acquire_lease(ttl).await,
+        }
+    }
+
+    /// Extends this host's lease; false when another agent took it over.
+    pub async fn renew_lease(&self, ttl: Duration) -> StoreResult<bool> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(p) => p.renew_lease(ttl).await,
+        }
+    }
+
+    /// Gives this host's lease up (a clean stop).
+    pub async fn release_lease(&self) -> StoreResult<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.release_lease().await,
+        }
+    }
+
+    /// Resolves once this agent may act on its host's clusters.
+    pub async fn until_lease_held(&self) {
+        match &self.backend {
+            Backend::Sqlite(_) => {}
+            Backend::Postgres(p) => p.until_lease_held().await,
+        }
+    }
+
+    /// The hosts of the fleet (SQLite: none; its one host is implied).
+    pub async fn hosts(&self) -> StoreResult<Vec<HostInfo>> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(p) => p.hosts().await,
+        }
     }
 
     /// The store's epoch (see [`Epoch`]).
     pub fn epoch(&self) -> u64 {
         self.epoch.get()
+    }
+
+    /// Moves the epoch: something the answers show changed outside the store's rows (a
+    /// host's lease ran out).
+    pub fn touch(&self) {
+        self.epoch.bump();
     }
 
     /// Changes whenever the epoch moves, for watchers that sleep until the store changes.

@@ -42,7 +42,8 @@ impl RunRecord {
     }
 }
 
-const COLUMNS: &str = "id, cluster_id, cluster_name, action, generation, attempt, outcome, \
+pub(super) const COLUMNS: &str =
+    "id, cluster_id, cluster_name, action, generation, attempt, outcome, \
      started_at, ended_at, duration_ms, exit_code, signal, error, output_tail";
 
 fn from_row(row: &Row) -> rusqlite::Result<RunRecord> {
@@ -50,7 +51,7 @@ fn from_row(row: &Row) -> rusqlite::Result<RunRecord> {
 }
 
 /// Reads a row of `reconcile_runs` (selected with [`COLUMNS`]).
-fn run(r: &RowReader) -> RunRecord {
+pub(super) fn run(r: &RowReader) -> RunRecord {
     let integer = |column| r.integer(column).ok().flatten();
     RunRecord {
         id: r.key("id"),
@@ -204,21 +205,24 @@ pub struct Unfinished {
     pub process_tag: Option<String>,
 }
 
+/// Reads a row of unfinished runs (`id, cluster_id, cluster_name, action, process_tag`).
+pub(super) fn unfinished_run(r: &RowReader) -> Unfinished {
+    Unfinished {
+        id: r.key("id"),
+        cluster_id: r.integer("cluster_id").ok().flatten(),
+        cluster_name: r.text("cluster_name").unwrap_or_default(),
+        action: r.text("action").and_then(|a| a.parse().ok()),
+        process_tag: r.text("process_tag").filter(|t| !t.is_empty()),
+    }
+}
+
 pub fn unfinished(conn: &Connection) -> StoreResult<Vec<Unfinished>> {
     let mut stmt = conn.prepare(
         "SELECT id, cluster_id, cluster_name, action, process_tag
            FROM reconcile_runs WHERE ended_at IS NULL ORDER BY id",
     )?;
     let runs = stmt
-        .query_map([], |r| {
-            row::read(r, |r| Unfinished {
-                id: r.key("id"),
-                cluster_id: r.integer("cluster_id").ok().flatten(),
-                cluster_name: r.text("cluster_name").unwrap_or_default(),
-                action: r.text("action").and_then(|a| a.parse().ok()),
-                process_tag: r.text("process_tag").filter(|t| !t.is_empty()),
-            })
-        })?
+        .query_map([], |r| row::read(r, unfinished_run))?
         .collect::<Result<_, _>>()?;
     Ok(runs)
 }

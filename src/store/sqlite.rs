@@ -175,16 +175,32 @@ impl Sqlite {
     }
 
     pub async fn list(&self) -> StoreResult<Vec<Parsed>> {
-        self.read(clusters::list).await
+        let rows = self.read(clusters::list).await?;
+        Ok(rows.into_iter().map(|row| self.on_this_host(row)).collect())
     }
 
     pub async fn by_stored_name(&self, name: &str) -> StoreResult<Option<Parsed>> {
         let name = name.to_owned();
-        self.read(move |c| clusters::by_stored_name(c, &name)).await
+        let row = self
+            .read(move |c| clusters::by_stored_name(c, &name))
+            .await?;
+        Ok(row.map(|row| self.on_this_host(row)))
     }
 
     pub async fn by_id(&self, id: i64) -> StoreResult<Option<Parsed>> {
-        self.read(move |c| clusters::by_id(c, id)).await
+        let row = self.read(move |c| clusters::by_id(c, id)).await?;
+        Ok(row.map(|row| self.on_this_host(row)))
+    }
+
+    /// Every cluster of the file is on the host kindler runs on, which is reachable.
+    fn on_this_host(&self, mut row: Parsed) -> Parsed {
+        if let Ok(record) = &mut row {
+            record.host = Some(clusters::FleetHost {
+                name: self.inner.host.clone(),
+                reachable: true,
+            });
+        }
+        row
     }
 
     pub async fn history(
