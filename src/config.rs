@@ -26,7 +26,10 @@ use std::time::Duration;
 use clap::{Arg, ArgMatches};
 use toml::Spanned;
 
-use spec::{assignments, at_least, default, longer_than_zero, none, variable_names, within, Spec};
+use crate::store::Database;
+use spec::{
+    assignments, at_least, default, host_name, longer_than_zero, none, variable_names, within, Spec,
+};
 pub use values::{CommandLine, LogLevel, LogTarget, PortRange};
 
 /// Declares the settings; see the module's documentation and the table below.
@@ -105,10 +108,24 @@ macro_rules! settings {
 }
 
 settings! {
-    /// SQLite database holding the desired and observed state.
+    /// Where the desired and observed state is kept: an SQLite file, or a postgres:// URL
+    /// of a database the kindler agents of several hosts share (without a password in it).
     /// Default: $STATE_DIRECTORY/kindler.db under systemd, else ./kindler-data/kindler.db.
-    database: PathBuf =
-        default(default_database()).hide_default().value_name("FILE").restart_only();
+    database: Database =
+        default(default_database()).hide_default().restart_only();
+
+    /// File holding the PostgreSQL password (a trailing newline is ignored). Default: the
+    /// systemd credential kindler-db-password (LoadCredential=), when there is one.
+    database_password_file: Option<PathBuf> = none().restart_only();
+
+    /// This host's name in a fleet sharing PostgreSQL: the agent acts on the clusters of
+    /// this host only, and holds its lease. Default: the machine's hostname.
+    host: String = default(crate::store::local_host_name()).hide_default().value_name("NAME")
+        .must_be(host_name()).restart_only();
+
+    /// How long a host's lease lasts unless its agent renews it (every third of it); after
+    /// that the host shows as unreachable, and another agent may take the host's name.
+    lease_ttl: Duration = default("15s").must_be(longer_than_zero()).restart_only();
 
     /// TCP address for the HTTP API when no socket is passed by systemd; "" for none.
     listen: Option<SocketAddr> = default("127.0.0.1:8765").restart_only();

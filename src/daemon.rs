@@ -14,9 +14,11 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::api;
 use crate::app::{App, AppRef};
 use crate::config::{Loader, Settings};
+use crate::fleet;
 use crate::log::{self, ids, Event, Priority};
 use crate::reconciler::{Mode, PassReport, Reconciler};
-use crate::store::{clusters, Store};
+use crate::store::postgres::connect;
+use crate::store::{Database, LeaseAttempt, Store, StoreError};
 use crate::systemd::{self, Listener};
 
 /// Longest a reload may take to read the configuration.
@@ -75,19 +77,38 @@ fn lock_path(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
-/// Opens the store, reporting the migrations applied.
-pub fn open_store(settings: &Settings) -> Result<Store, Fatal> {
-    let (store, applied) = Store::open(&settings.database)
-        .map_err(|e| Fatal::new(1, format!("{}: {e}", settings.database.display())))?;
+/// The store the settings name, and for a file the lock that makes this kindler its only
+/// user (a fleet's agents share PostgreSQL; the lease keeps them apart, see `fleet.rs`).
+pub struct Opened {
+    pub store: Store,
+    _lock: Option<DatabaseLock>,
+}
+
+/// Opens the store (locking a file first), reporting the migrations applied.
+pub async fn open_store(settings: &Settings) -> Result<Opened, Fatal> {
+    let failed = |e: StoreError| Fatal::new(1, format!("{}: {e}", settings.database));
+    let (store, applied, lock) = match &settings.database {
+        Database::Sqlite(path) => {
+            let lock = lock_database(path)?;
+            let (store, applied) = Store::open_sqlite(path, &settings.host).map_err(failed)?;
+            (store, applied, Some(lock))
+        }
+        Database::Postgres(url) => {
+            let password = connect::password(settings.database_password_file.as_deref())
+                .map_err(|e| Fatal::new(78, e))?;
+            let (store, applied) = Store::open_postgres(url, password, &settings.host)
+                .await
+                .map_err(failed)?;
+            (store, applied, None)
+        }
+    };
     for m in applied {
         log::info(&format!(
             "database {}: applied migration {:04} ({})",
-            settings.database.display(),
-            m.version,
-            m.name
+            settings.database, m.version, m.name
         ));
     }
-    Ok(store)
+    Ok(Opened { store, _lock: lock })
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `activated` are the sockets systemd passed.
@@ -100,8 +121,7 @@ pub async fn serve(
     // served must stop kindler the orderly way, not kill it.
     let signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| Fatal::new(1, format!("cannot handle signals: {e}")))?;
-    let _lock = lock_database(&settings.database)?;
-    let store = open_store(&settings)?;
+    let opened = open_store(&settings).await?;
     let listeners = if activated.is_empty() {
         systemd::bind(settings.listen, settings.listen_unix.as_deref())
             .map_err(|e| Fatal::new(1, e.to_string()))?
@@ -116,7 +136,7 @@ pub async fn serve(
     }
     let endpoints: Vec<String> = listeners.iter().map(Listener::describe).collect();
     warn_about_commands(&settings);
-    let app = App::new(store, settings);
+    let app = App::new(opened.store.clone(), settings);
     let _ = app.endpoints.set(endpoints.clone());
 
     let shutdown = app.shutdown.clone();
@@ -128,13 +148,14 @@ pub async fn serve(
     ));
     let api = tokio::spawn(api::serve(app.clone(), listeners, shutdown.clone()));
     let reconciler = tokio::spawn(Reconciler::new(app.clone(), Mode::Daemon).run(shutdown.clone()));
+    let lease = tokio::spawn(fleet::hold_lease(app.clone(), shutdown.clone()));
 
     // The sockets are listening and the accept loops run; READY=1 once the API can also
     // read the store.
     if let Err(e) = api::health(&app).await {
         return Err(Fatal::new(1, format!("the store cannot be read: {e}")));
     }
-    let summary = match app.store.read(clusters::summary).await {
+    let summary = match app.store.summary().await {
         Ok(s) => systemd::status_line(&s, std::time::SystemTime::now()),
         Err(_) => "ready".into(),
     };
@@ -146,7 +167,7 @@ pub async fn serve(
             "kindler {} ready on {}; database {}",
             env!("CARGO_PKG_VERSION"),
             endpoints.join(", "),
-            app.store.path().display()
+            app.store.describe()
         ),
     )
     .id(ids::DAEMON_READY)
@@ -157,10 +178,20 @@ pub async fn serve(
     shutdown.cancelled().await;
     let _ = api.await;
     let _ = reconciler.await;
+    // The runs' ends are recorded (with this agent's fence): a successor may take over now.
+    let lease_lost = lease.await.ok().and_then(Result::err);
+    if lease_lost.is_none() {
+        if let Err(e) = app.store.release_lease().await {
+            log::warn(&format!("cannot give the host's lease up: {e}"));
+        }
+    }
     // Nothing of kindler's may still run when the runtime shuts down.
     for task in std::iter::once(signals).chain(watchdog) {
         task.abort();
         let _ = task.await;
+    }
+    if let Some(lost) = lease_lost {
+        return Err(Fatal::new(1, lost));
     }
     log::info("kindler stopped");
     Ok(())
@@ -170,19 +201,30 @@ pub async fn serve(
 pub async fn reconcile_once(settings: Settings) -> Result<PassReport, Fatal> {
     // Only `serve` and `migrate` create a database: a mistyped path here would otherwise
     // make a new, empty one and report a pass over nothing as a success.
-    if !settings.database.exists() {
+    if settings.database.sqlite_path().is_some_and(|p| !p.exists()) {
         return Err(Fatal::new(
             1,
             format!(
                 "there is no database at {}; kindler reconcile works on an existing one \
                  (kindler serve or kindler migrate creates it)",
-                settings.database.display()
+                settings.database
             ),
         ));
     }
-    let _lock = lock_database(&settings.database)?;
-    let store = open_store(&settings)?;
-    let app = App::new(store, settings);
+    let opened = open_store(&settings).await?;
+    let ttl = settings.lease_ttl;
+    let host = settings.host.clone();
+    match opened.store.acquire_lease(ttl).await {
+        Ok(LeaseAttempt::Acquired { .. }) => {}
+        Ok(LeaseAttempt::HeldBy { agent, .. }) => {
+            return Err(Fatal::new(
+                1,
+                format!("host {host} is held by a running kindler agent ({agent}); it reconciles continuously"),
+            ))
+        }
+        Err(e) => return Err(Fatal::new(1, format!("cannot take the lease of host {host}: {e}"))),
+    }
+    let app = App::new(opened.store.clone(), settings);
     let shutdown = app.shutdown.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -193,7 +235,11 @@ pub async fn reconcile_once(settings: Settings) -> Result<PassReport, Fatal> {
             }
         }
     });
-    Ok(Reconciler::new(app, Mode::OnePass).run_once(shutdown).await)
+    let report = Reconciler::new(app.clone(), Mode::OnePass)
+        .run_once(shutdown)
+        .await;
+    let _ = app.store.release_lease().await;
+    Ok(report)
 }
 
 async fn handle_signals(

@@ -26,6 +26,9 @@ pub enum Cause {
     ChangeFeed,
     /// Runs ended whose end could not be recorded yet.
     RunEnds,
+    /// This agent does not hold its host's lease (another agent does, or it cannot be
+    /// renewed): it does not act on the host's clusters.
+    Lease,
 }
 
 impl Cause {
@@ -36,6 +39,7 @@ impl Cause {
             Cause::StoreReads => "store_reads",
             Cause::ChangeFeed => "change_feed",
             Cause::RunEnds => "run_ends",
+            Cause::Lease => "lease",
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct IgnoredRow {
 pub struct Health {
     problems: Mutex<BTreeMap<Cause, Problem>>,
     ignored: Mutex<BTreeMap<i64, IgnoredRow>>,
+    /// Hosts of the fleet whose agent's lease ran out, with their clusters' count.
+    unreachable_hosts: Mutex<Vec<(String, i64)>>,
     /// The clusters' summary, the part of STATUS the reconciler keeps current.
     summary: Mutex<String>,
     /// Changes whenever a problem begins or ends.
@@ -157,6 +163,17 @@ impl Health {
 
     pub fn ignored_ids(&self) -> Vec<i64> {
         self.ignored.lock().unwrap().keys().copied().collect()
+    }
+
+    /// Hosts whose lease ran out: nobody acts on their clusters. They do not keep this agent
+    /// from acting on its own, so they do not make it unhealthy; health lists them.
+    pub fn set_unreachable_hosts(&self, hosts: Vec<(String, i64)>) {
+        *self.unreachable_hosts.lock().unwrap() = hosts;
+        self.changed.send_replace(());
+    }
+
+    pub fn unreachable_hosts(&self) -> Vec<(String, i64)> {
+        self.unreachable_hosts.lock().unwrap().clone()
     }
 
     /// Sets the clusters' summary and sends STATUS.

@@ -5,7 +5,8 @@
 //! - [`daemon`]: `kindler serve` and `reconcile --once`: wiring, signals, reload, watchdog;
 //! - [`api`] (HTTP and WebSocket) and [`reconciler`] (the loop, the state machine, actions);
 //! - [`runner`] and [`procs`]: one command in its process group; finding its processes;
-//! - [`store`]: SQLite, migrations, the group-committing writer;
+//! - [`store`]: the operations on the store; SQLite (migrations, the group-committing
+//!   writer) or PostgreSQL (a fleet's shared database); [`fleet`]: a host's lease;
 //! - [`model`]: names, states, actions; [`config`]: settings; [`health`], [`log`],
 //!   [`systemd`], [`output`], [`app`]: what the parts share.
 //!
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod health;
 pub mod log;
 pub mod metrics;

@@ -36,6 +36,10 @@ pub mod ids {
     pub const DEGRADED: &str = "7d913e9ab9a34967a077369ef7265eea";
     pub const RECOVERED: &str = "261c896e197442ac90a1141d0df2c849";
     pub const CLUSTER_FORGOTTEN: &str = "a4bb035218744bfa960f0f3cc5f9a372";
+    pub const LEASE_ACQUIRED: &str = "4dd8fb38062e41e9a8ad12fa5ee8666b";
+    pub const LEASE_LOST: &str = "d3be76658aa741c78d5d485235739a19";
+    pub const HOST_UNREACHABLE: &str = "c5b647c5892347298deb28adc977b975";
+    pub const HOST_BACK: &str = "bf6c558acb044a6e99fe60a02c6b7ee5";
 }
 
 /// syslog priorities, as journald stores them.

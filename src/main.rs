@@ -319,13 +319,10 @@ fn migrate(loader: Loader) -> i32 {
     report((|| {
         let settings = load(&loader)?;
         log::init(config::LogTarget::Stderr, settings.log_level);
-        // Not under a running daemon: a newer schema would change its tables beneath it.
-        let _lock = daemon::lock_database(&settings.database)?;
-        daemon::open_store(&settings)?;
-        log::info(&format!(
-            "database {} is up to date",
-            settings.database.display()
-        ));
+        // Not under a running daemon (open_store locks a file): a newer schema would change
+        // its tables beneath it. PostgreSQL's migrations take an advisory lock instead.
+        runtime().block_on(daemon::open_store(&settings))?;
+        log::info(&format!("database {} is up to date", settings.database));
         Ok(0)
     })())
 }

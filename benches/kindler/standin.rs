@@ -84,7 +84,7 @@ fn flood(total: u64, lines: bool) -> i32 {
     while chunk.len() < 1 << 20 {
         if lines {
             let mut line = format!("output line {i:08} ");
-            line.extend(std::iter::repeat('.').take(63 - line.len()));
+            line.extend(std::iter::repeat_n('.', 63 - line.len()));
             line.push('\n');
             chunk.extend_from_slice(line.as_bytes());
             i += 1;

@@ -1,21 +1,38 @@
 //! `POST /api/clusters`: the `ClusterCreate` body, checked field by field (every problem
-//! is reported at once, in the old backend's 422 shape), then ports claimed and the row
-//! inserted in one transaction.
+//! is reported at once, in the old backend's 422 shape). The store then claims the ports
+//! and inserts the row in one transaction (`store::ports`).
 
 use serde_json::{Map, Value};
 
 use super::response::FieldError;
-use crate::config::{PortRange, Settings};
+use crate::config::Settings;
 use crate::model::{defaults, is_ipv4_cidr, ClusterName, ClusterSpec, Provider};
-use crate::store::clusters;
-use crate::store::StoreResult;
+use crate::store::{ports, NewCluster};
 
 /// A checked `ClusterCreate` body.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub spec: ClusterSpec,
-    /// Host port fields the client left out (their defaults may move; see [`insert`]).
+    /// Host port fields the client left out (their defaults may move; see `store::ports`).
     pub omitted: Vec<&'static str>,
+    /// The host the client asked for; `None` leaves the choice to kindler.
+    pub host: Option<String>,
+}
+
+impl Request {
+    /// The create as the store takes it, with the port ranges of `settings`.
+    pub fn into_new_cluster(self, settings: &Settings) -> NewCluster {
+        NewCluster {
+            spec: self.spec,
+            omitted: self.omitted,
+            ranges: ports::Ranges {
+                pf: settings.pf_port_range,
+                http: settings.http_port_range,
+                https: settings.https_port_range,
+            },
+            host: self.host,
+        }
+    }
 }
 
 /// Parses and checks a request body.
@@ -46,6 +63,7 @@ pub fn parse(body: &[u8]) -> Result<Request, Vec<FieldError>> {
     let haproxy_route = flag(&obj, "haproxy_route", &mut errors);
     let register_argocd = flag(&obj, "register_argocd", &mut errors);
     distinct_host_ports(pf_port, http_port, https_port, &mut errors);
+    let host = host(&obj, &mut errors);
     let omitted = ["pf_port", "http_port", "https_port"]
         .into_iter()
         .filter(|f| !obj.contains_key(*f))
@@ -53,6 +71,7 @@ pub fn parse(body: &[u8]) -> Result<Request, Vec<FieldError>> {
     match (name, provider) {
         (Some(name), Some(provider)) if errors.is_empty() => Ok(Request {
             omitted,
+            host,
             spec: ClusterSpec {
                 name,
                 provider,
@@ -143,6 +162,23 @@ fn port(obj: &Map<String, Value>, field: &str, default: u16, errors: &mut Vec<Fi
     }
 }
 
+/// `null` and `""` leave the choice to kindler.
+fn host(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    match obj.get("host") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            errors.push(FieldError::body(
+                "host",
+                "string_type",
+                "Input should be a valid string",
+            ));
+            None
+        }
+    }
+}
+
 fn flag(obj: &Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> bool {
     match obj.get(field) {
         None => true,
@@ -193,116 +229,6 @@ fn distinct_host_ports(pf: u16, http: u16, https: u16, errors: &mut Vec<FieldErr
                 format!("{field} {port} is the same as {other}; each host port can be used once"),
             ));
         }
-    }
-}
-
-/// Why a create was refused by what is already stored.
-#[derive(Debug)]
-pub enum Refusal {
-    Exists,
-    PortTaken {
-        field: &'static str,
-        port: u16,
-        holder: String,
-        holder_field: &'static str,
-    },
-    RangeFull {
-        field: &'static str,
-        range: PortRange,
-    },
-}
-
-impl Refusal {
-    pub fn message(&self, name: &ClusterName) -> String {
-        match self {
-            Refusal::Exists => format!("Cluster {name} already exists"),
-            Refusal::PortTaken {
-                field,
-                port,
-                holder,
-                holder_field,
-            } => format!(
-                "{field} {port} is already used by cluster {holder} (as its {holder_field})"
-            ),
-            Refusal::RangeFull { field, range } => {
-                format!("{field}: every port in {range} is in use by other clusters")
-            }
-        }
-    }
-}
-
-/// A port moved off the WebUI's default because another cluster holds it.
-#[derive(Debug, Clone)]
-pub struct Reassigned {
-    pub field: &'static str,
-    pub from: u16,
-    pub to: u16,
-}
-
-/// Inserts the cluster after checking its name and ports against the store, all in the
-/// caller's transaction, so that two concurrent requests cannot claim the same port.
-///
-/// A host port that is a default rather than a choice is moved to the next free port of
-/// its range when another cluster holds it: a port the client left out, or the first port
-/// of the range, which the WebUI's form sends for every cluster unless the user edits it.
-/// A port the client chose that is taken is refused, naming the cluster holding it.
-pub fn insert(
-    tx: &rusqlite::Transaction,
-    req: &mut Request,
-    settings: &Settings,
-) -> StoreResult<Result<(i64, Vec<Reassigned>), Refusal>> {
-    let spec = &mut req.spec;
-    if clusters::by_name(tx, &spec.name)?.is_some() {
-        return Ok(Err(Refusal::Exists));
-    }
-    let mut reassigned = Vec::new();
-    for (field, port) in spec.ports() {
-        let Some((holder, holder_field)) = clusters::port_holder(tx, port, field == "node_port")?
-        else {
-            continue;
-        };
-        let range = match field {
-            "pf_port" => Some(settings.pf_port_range),
-            "http_port" => Some(settings.http_port_range),
-            "https_port" => Some(settings.https_port_range),
-            _ => None,
-        };
-        match range {
-            Some(range) if port == range.first || req.omitted.contains(&field) => {
-                let taken = clusters::ports_in_use(tx, range.first, range.last)?;
-                let own = spec.ports().map(|(_, p)| p);
-                let free =
-                    (range.first..=range.last).find(|p| !taken.contains(p) && !own.contains(p));
-                let Some(to) = free else {
-                    return Ok(Err(Refusal::RangeFull { field, range }));
-                };
-                set_port(spec, field, to);
-                reassigned.push(Reassigned {
-                    field,
-                    from: port,
-                    to,
-                });
-            }
-            _ => {
-                return Ok(Err(Refusal::PortTaken {
-                    field,
-                    port,
-                    holder,
-                    holder_field,
-                }))
-            }
-        }
-    }
-    let id = clusters::insert(tx, spec)?;
-    Ok(Ok((id, reassigned)))
-}
-
-fn set_port(spec: &mut ClusterSpec, field: &str, port: u16) {
-    match field {
-        "pf_port" => spec.pf_port = port,
-        "http_port" => spec.http_port = port,
-        "https_port" => spec.https_port = port,
-        _ => spec.node_port = port,
     }
 }
 

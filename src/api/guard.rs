@@ -125,12 +125,12 @@ fn is_loopback(host: &str) -> bool {
 fn host_allowed(authority: &str, local_ip: IpAddr, local_port: u16, allowed: &[String]) -> bool {
     let (host, port) = split_authority(authority);
     let ours = is_loopback(&host) || host.parse::<IpAddr>().is_ok_and(|ip| ip == local_ip);
-    if ours && port.map_or(true, |p| p == local_port) {
+    if ours && port.is_none_or(|p| p == local_port) {
         return true;
     }
     allowed.iter().any(|entry| {
         let (name, want) = split_authority(entry);
-        name == host && want.map_or(true, |w| Some(w) == port)
+        name == host && want.is_none_or(|w| Some(w) == port)
     })
 }
 

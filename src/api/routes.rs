@@ -13,14 +13,15 @@ use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
 use super::tasks::{self, TaskKind};
 use super::views::{
     ClusterInfo, ClusterStatus, ConfigView, Health, ProblemView, RunView, TaskCreate,
+    UnreachableHostView,
 };
 use super::Server;
 use crate::app::AppRef;
 use crate::log::{ids, Event, Priority};
 use crate::metrics::{self, METRICS};
 use crate::model::{ClusterName, DesiredState};
-use crate::store::clusters::{self, ClusterRecord, InvalidRow};
-use crate::store::runs;
+use crate::store::clusters::{ClusterRecord, InvalidRow};
+use crate::store::ports::Refusal;
 use crate::store::time::Timestamp;
 
 /// Largest request body accepted.
@@ -95,12 +96,7 @@ async fn route(server: &Server, via: Via, req: Request<Incoming>) -> Result<Repl
         ["api", "clusters", name, "status"] => {
             only(&method, &Method::GET, "GET")?;
             let name = path_name(name)?;
-            let lookup = name.clone();
-            match app
-                .store
-                .read(move |c| clusters::by_name(c, &lookup))
-                .await?
-            {
+            match app.store.by_name(&name).await? {
                 Some(Ok(record)) => Ok(json(StatusCode::OK, &ClusterStatus::from(&record))),
                 Some(Err(invalid)) => Ok(json(StatusCode::OK, &ClusterStatus::invalid(&invalid))),
                 None => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
@@ -183,10 +179,7 @@ fn decode(raw: &str) -> String {
 
 /// Can the API read the store? (The watchdog asks this too.)
 pub async fn health(app: &AppRef) -> Result<(), String> {
-    app.store
-        .read(clusters::ping)
-        .await
-        .map_err(|e| e.to_string())
+    app.store.ping().await.map_err(|e| e.to_string())
 }
 
 /// 200 while declarations are acted on; 503 with every reason why not.
@@ -213,6 +206,19 @@ async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
         .into_iter()
         .map(Into::into)
         .collect();
+    let unreachable_hosts = app
+        .health
+        .unreachable_hosts()
+        .into_iter()
+        .map(|(host, clusters)| UnreachableHostView {
+            message: format!(
+                "host {host} is unreachable (its agent's lease ran out): nobody acts on its \
+                 {clusters} clusters until it is back"
+            ),
+            host,
+            clusters,
+        })
+        .collect();
     let healthy = problems.is_empty();
     let body = Health {
         status: if healthy { "healthy" } else { "degraded" },
@@ -224,6 +230,7 @@ async fn health_reply(app: &AppRef) -> Result<Reply, ApiError> {
         }),
         problems,
         ignored_rows,
+        unreachable_hosts,
     };
     let status = if healthy {
         StatusCode::OK
@@ -264,7 +271,7 @@ where
 
 async fn list(server: &Server) -> Result<Reply, ApiError> {
     cached(server, "list".into(), async {
-        let rows = server.app.store.read(clusters::list).await?;
+        let rows = server.app.store.list().await?;
         let views: Vec<ClusterInfo> = rows
             .iter()
             .map(|row| match row {
@@ -278,12 +285,7 @@ async fn list(server: &Server) -> Result<Reply, ApiError> {
 }
 
 async fn find(app: &AppRef, name: ClusterName) -> Result<ClusterRecord, ApiError> {
-    let lookup = name.clone();
-    match app
-        .store
-        .read(move |c| clusters::by_name(c, &lookup))
-        .await?
-    {
+    match app.store.by_name(&name).await? {
         Some(Ok(record)) => Ok(record),
         Some(Err(invalid)) => Err(cannot_act(&invalid)),
         None => Err(ApiError::NotFound(format!("Cluster {name} not found"))),
@@ -305,12 +307,7 @@ async fn get(server: &Server, raw: &str) -> Result<Reply, ApiError> {
     let name = path_name(raw);
     let lookup = decode(raw);
     cached(server, format!("cluster/{lookup}"), async {
-        let key = lookup.clone();
-        let found = server
-            .app
-            .store
-            .read(move |c| clusters::by_stored_name(c, &key))
-            .await?;
+        let found = server.app.store.by_stored_name(&lookup).await?;
         match (found, name) {
             (Some(Ok(record)), _) => Ok(render(&ClusterInfo::from(&record))),
             (Some(Err(invalid)), _) => Ok(render(&ClusterInfo::from(&invalid))),
@@ -322,16 +319,7 @@ async fn get(server: &Server, raw: &str) -> Result<Reply, ApiError> {
 }
 
 async fn history(app: &AppRef, name: ClusterName) -> Result<Reply, ApiError> {
-    let lookup = name.clone();
-    let found = app
-        .store
-        .read(move |c| {
-            Ok((
-                clusters::by_name(c, &lookup)?,
-                runs::recent_for_name(c, lookup.as_str(), HISTORY_LIMIT)?,
-            ))
-        })
-        .await?;
+    let found = app.store.history(&name, HISTORY_LIMIT).await?;
     match found {
         (None, runs) if runs.is_empty() => {
             Err(ApiError::NotFound(format!("Cluster {name} not found")))
@@ -413,24 +401,30 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
 
 async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError> {
     let body = read_body(req).await?;
-    let mut request = create::parse(&body).map_err(ApiError::Invalid)?;
-    let settings = app.settings();
+    let request = create::parse(&body).map_err(ApiError::Invalid)?;
     let name = request.spec.name.clone();
     let stored = app
         .store
-        .write(move |tx| {
-            let outcome = create::insert(tx, &mut request, &settings)?;
-            Ok((outcome, request.spec))
-        })
+        .create_cluster(request.into_new_cluster(&app.settings()))
         .await;
     app.note_write(&stored, "storing a declaration");
-    let (outcome, spec) = stored?;
-    let reassigned = match outcome {
-        Ok((_, reassigned)) => reassigned,
+    let created = match stored? {
+        Ok(created) => created,
+        Err(refusal) if refusal.is_invalid_request() => {
+            return Err(ApiError::Invalid(vec![FieldError::body(
+                "host",
+                "value_error",
+                refusal.message(&name),
+            )]))
+        }
+        Err(refusal @ Refusal::NoLiveHost) => {
+            return Err(ApiError::Unavailable(refusal.message(&name)))
+        }
         Err(refusal) => return Err(ApiError::Conflict(refusal.message(&name))),
     };
+    let (spec, reassigned, host) = (created.spec, created.reassigned, created.host);
     app.wake.notify_one();
-    let mut message = format!("Cluster {name} declared; kindler is creating it");
+    let mut message = format!("Cluster {name} declared; kindler is creating it on host {host}");
     for r in &reassigned {
         message.push_str(&format!(
             "; {} {} was taken, {} assigned",
@@ -445,6 +439,7 @@ async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError>
     .field("CLUSTER", &name)
     .field("PROVIDER", spec.provider)
     .field("DESIRED_STATE", DesiredState::Present)
+    .field("HOST", &host)
     .emit();
     Ok(json(
         StatusCode::ACCEPTED,
@@ -452,6 +447,7 @@ async fn create(app: &AppRef, req: Request<Incoming>) -> Result<Reply, ApiError>
             task_id: TaskKind::Create.id(&name),
             status: "pending",
             message,
+            host: Some(host),
         },
     ))
 }
@@ -461,21 +457,13 @@ async fn delete(app: &AppRef, raw: &str) -> Result<Reply, ApiError> {
         Ok(name) => name,
         // A stored row another program named so: nothing can be run for it.
         Err(refused) => {
-            let key = decode(raw);
-            return match app
-                .store
-                .read(move |c| clusters::by_stored_name(c, &key))
-                .await?
-            {
+            return match app.store.by_stored_name(&decode(raw)).await? {
                 Some(Err(invalid)) => Err(cannot_act(&invalid)),
                 _ => Err(refused),
             };
         }
     };
-    if let Some(Err(invalid)) = {
-        let key = name.clone();
-        app.store.read(move |c| clusters::by_name(c, &key)).await?
-    } {
+    if let Some(Err(invalid)) = app.store.by_name(&name).await? {
         return Err(cannot_act(&invalid));
     }
     if app
@@ -495,6 +483,7 @@ async fn delete(app: &AppRef, raw: &str) -> Result<Reply, ApiError> {
             task_id: TaskKind::Delete.id(&name),
             status: "pending",
             message: format!("Cluster {name} declared absent; kindler is deleting it"),
+            host: None,
         },
     ))
 }
@@ -509,11 +498,7 @@ async fn forget(app: &AppRef, name: String) -> Result<Reply, ApiError> {
             "Cluster {name} is protected and cannot be forgotten"
         )));
     }
-    let target = name.clone();
-    let removed = app
-        .store
-        .write(move |tx| clusters::forget(tx, &target))
-        .await;
+    let removed = app.store.forget(&name).await;
     app.note_write(&removed, "forgetting a cluster");
     let Some(id) = removed? else {
         return Err(ApiError::NotFound(format!("Cluster {name} not found")));
@@ -560,17 +545,14 @@ async fn power(app: &AppRef, name: ClusterName, kind: TaskKind) -> Result<Reply,
             task_id: kind.id(&name),
             status: "pending",
             message: format!("Cluster {name} declared {desired}; kindler is {verb} it"),
+            host: None,
         },
     ))
 }
 
 /// Stores a new desired state and wakes the reconciler.
 async fn declare(app: &AppRef, name: &ClusterName, desired: DesiredState) -> Result<(), ApiError> {
-    let target = name.clone();
-    let found = app
-        .store
-        .write(move |tx| clusters::declare(tx, &target, desired))
-        .await;
+    let found = app.store.declare(name, desired).await;
     app.note_write(&found, "storing a declaration");
     let found = found?;
     if !found {
@@ -586,8 +568,7 @@ async fn declare(app: &AppRef, name: &ClusterName, desired: DesiredState) -> Res
 }
 
 async fn task(app: &AppRef, id: String) -> Result<Reply, ApiError> {
-    let lookup = id.clone();
-    match app.store.read(move |c| tasks::facts(c, &lookup)).await? {
+    match tasks::facts(&app.store, &id).await? {
         Some(facts) => Ok(json(
             StatusCode::OK,
             &tasks::describe(&id, &facts, &activity(app, &facts)),

@@ -24,7 +24,7 @@ use super::views::ProblemView;
 use super::Server;
 use crate::app::AppRef;
 use crate::metrics::METRICS;
-use crate::store::clusters::{self, StateCounts};
+use crate::store::clusters::StateCounts;
 use crate::store::time::Timestamp;
 
 /// What scrapes share: the counts by state at a store epoch, whether they are being counted
@@ -72,20 +72,12 @@ async fn figures(server: &Server, want: Counts) -> Result<Figures, ApiError> {
     };
     let now = Timestamp::now();
     let fresh = kept.is_none();
-    let (counts, backoff, counter) = app
-        .store
-        .read(move |c| {
-            let counts = match kept {
-                Some(k) => k,
-                None => clusters::state_counts(c)?,
-            };
-            Ok((
-                counts,
-                clusters::in_backoff(c, now)?,
-                clusters::change_counter(c)?,
-            ))
-        })
-        .await?;
+    let counts = match kept {
+        Some(k) => k,
+        None => app.store.state_counts().await?,
+    };
+    let backoff = app.store.in_backoff(now).await?;
+    let counter = app.store.change_counter().await?;
     if fresh {
         *cache.counts.lock().unwrap() = Some((epoch, counts.clone()));
     }
@@ -114,7 +106,7 @@ fn recount(server: &Server, epoch: u64) {
     let (counts, counting) = (cache.counts.clone(), cache.counting.clone());
     // A task of the API's tracker: a stop waits for it.
     server.connections.spawn(async move {
-        if let Ok(fresh) = app.store.read(clusters::state_counts).await {
+        if let Ok(fresh) = app.store.state_counts().await {
             let mut kept = counts.lock().unwrap();
             // Another count may have landed meanwhile, for a later epoch.
             if !matches!(kept.as_ref(), Some((at, _)) if *at >= epoch) {
@@ -216,7 +208,7 @@ struct Actions {
 pub async fn status(server: &Server) -> Result<Reply, ApiError> {
     let app = &server.app;
     let f = figures(server, Counts::Current).await?;
-    let summary = app.store.read(clusters::summary).await?;
+    let summary = app.store.summary().await?;
     let settings = app.settings();
     let mut problems: Vec<ProblemView> = app.health.problems().iter().map(Into::into).collect();
     // As /api/health has it: a reconciler loop that stopped turning is a problem too.
@@ -261,7 +253,7 @@ pub async fn status(server: &Server) -> Result<Reply, ApiError> {
         pid: std::process::id(),
         started_at: Timestamp::from(app.started_at).iso(),
         uptime_seconds: app.started_at.elapsed().map_or(0, |d| d.as_secs()),
-        database: app.store.path().display().to_string(),
+        database: app.store.describe(),
         config_file: settings
             .config_file
             .as_ref()

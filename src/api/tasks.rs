@@ -17,15 +17,13 @@
 //! kindler retries a failure until the declaration is reached or replaced, so a failure
 //! is not the end of a task: it stays pending with `error` set to the last failure.
 
-use rusqlite::Connection;
-
 use super::views::TaskStatus;
 use crate::model::{Action, ClusterName, DesiredState, RunOutcome};
 use crate::reconciler::machine::{self, Decision};
-use crate::store::clusters::{self, ClusterRecord};
-use crate::store::runs::{self, RunRecord};
+use crate::store::clusters::ClusterRecord;
+use crate::store::runs::RunRecord;
 use crate::store::time::Timestamp;
-use crate::store::StoreResult;
+use crate::store::{Store, StoreResult, TaskLookup};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskKind {
@@ -144,28 +142,39 @@ impl Facts {
 }
 
 /// Reads what the store knows about a task id; `None` when it names nothing known.
-pub fn facts(conn: &Connection, task_id: &str) -> StoreResult<Option<Facts>> {
-    // One snapshot for the row and its runs: a run's end and the row's change are committed
-    // together, and read apart they could disagree (a failed run on a row without its
-    // retry time, said "kindler retries now").
-    let snapshot = conn.unchecked_transaction()?;
-    let conn: &Connection = &snapshot;
+pub async fn facts(store: &Store, task_id: &str) -> StoreResult<Option<Facts>> {
+    let mut found = facts_of_many(store, vec![task_id.to_owned()]).await?;
+    Ok(found.pop().and_then(|(facts, _)| facts))
+}
+
+/// [`facts`] of several task ids, read together; each with its id.
+pub async fn facts_of_many(
+    store: &Store,
+    task_ids: Vec<String>,
+) -> StoreResult<Vec<(Option<Facts>, String)>> {
+    let readings: Vec<Vec<(TaskKind, ClusterName)>> =
+        task_ids.iter().map(|id| readings(id)).collect();
+    let wanted = readings
+        .iter()
+        .flatten()
+        .map(|(kind, name)| (name.clone(), kind.action()))
+        .collect();
+    let mut lookups = store.task_lookups(wanted).await?.into_iter();
+    Ok(readings
+        .into_iter()
+        .zip(task_ids)
+        .map(|(readings, id)| (pick(readings, &mut lookups), id))
+        .collect())
+}
+
+/// Of a task id's readings (with what the store found for each, in order), the one meant.
+fn pick(
+    readings: Vec<(TaskKind, ClusterName)>,
+    lookups: &mut impl Iterator<Item = TaskLookup>,
+) -> Option<Facts> {
     let mut found = Vec::new();
-    for (kind, name) in readings(task_id) {
-        let row = match clusters::by_name(conn, &name)? {
-            Some(Ok(row)) => Some(row),
-            _ => None,
-        };
-        let (own, latest) = match &row {
-            Some(r) => (
-                runs::latest_for_cluster(conn, r.id, &[kind.action()])?,
-                runs::latest_for_cluster(conn, r.id, &Action::ALL)?,
-            ),
-            None => (
-                runs::latest_for_name(conn, name.as_str(), &[kind.action()])?,
-                None,
-            ),
-        };
+    for ((kind, name), lookup) in readings.into_iter().zip(lookups) {
+        let TaskLookup { row, own, latest } = lookup;
         if row.is_some() || own.is_some() {
             found.push(Facts {
                 kind,
@@ -178,10 +187,10 @@ pub fn facts(conn: &Connection, task_id: &str) -> StoreResult<Option<Facts>> {
     }
     // `reconcile-delete-dev` is the delete of dev or the create of delete-dev: the
     // reading whose declaration is in force wins, then the more recent one.
-    Ok(found
+    found
         .into_iter()
         .rev()
-        .max_by(|a, b| (a.in_force(), a.last_seen()).cmp(&(b.in_force(), b.last_seen()))))
+        .max_by(|a, b| (a.in_force(), a.last_seen()).cmp(&(b.in_force(), b.last_seen())))
 }
 
 /// What the reconciler is doing now, beyond what the store says.

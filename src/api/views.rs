@@ -42,6 +42,10 @@ pub struct ClusterInfo<'a> {
     pub next_attempt_at: Option<String>,
     pub last_transition_at: Option<String>,
     pub last_action: Option<&'static str>,
+    /// The host the cluster lives on; false `host_reachable` says its agent's lease ran
+    /// out: nobody acts on the cluster until it is back.
+    pub host: &'a str,
+    pub host_reachable: bool,
     /// Set on a row kindler cannot act on (another program wrote it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub invalid: bool,
@@ -74,6 +78,8 @@ impl<'a> From<&'a ClusterRecord> for ClusterInfo<'a> {
             next_attempt_at: iso(c.next_attempt_at),
             last_transition_at: iso(c.last_transition_at),
             last_action: c.last_action.map(|a| a.as_str()),
+            host: c.host.as_ref().map_or("", |h| h.name.as_str()),
+            host_reachable: c.host.as_ref().is_none_or(|h| h.reachable),
             invalid: false,
         }
     }
@@ -112,6 +118,8 @@ impl<'a> From<&'a InvalidRow> for ClusterInfo<'a> {
             next_attempt_at: None,
             last_transition_at: None,
             last_action: None,
+            host: "",
+            host_reachable: true,
             invalid: true,
         }
     }
@@ -169,6 +177,9 @@ pub struct TaskCreate {
     pub task_id: String,
     pub status: &'static str,
     pub message: String,
+    /// The host a create went to (named by the client, or chosen by kindler).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -199,6 +210,16 @@ pub struct Health {
     /// keep kindler from acting on the others, so they do not make it unhealthy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ignored_rows: Vec<IgnoredRowView>,
+    /// Hosts of the fleet whose agent's lease ran out: nobody acts on their clusters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_hosts: Vec<UnreachableHostView>,
+}
+
+#[derive(Serialize)]
+pub struct UnreachableHostView {
+    pub host: String,
+    pub clusters: i64,
+    pub message: String,
 }
 
 #[derive(Serialize)]

@@ -312,14 +312,7 @@ where
     if ids.is_empty() {
         return Ok(());
     }
-    let found = app
-        .store
-        .read(move |conn| {
-            ids.into_iter()
-                .map(|id| Ok((tasks::facts(conn, &id)?, id)))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await?;
+    let found = tasks::facts_of_many(&app.store, ids).await?;
     for (facts, id) in found {
         let Some(facts) = facts else { continue };
         send_update(app, ws, subscribed, &id, facts).await?;

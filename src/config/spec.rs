@@ -260,3 +260,17 @@ impl<T: Value> TypedValueParser for Reader<T> {
         (!choices.is_empty()).then(|| Box::new(choices.into_iter()) as Box<_>)
     }
 }
+
+/// A host name: 1–253 characters of letters, digits, `.`, `-` and `_` (it is shown, logged
+/// and compared, never run).
+pub fn host_name() -> Rule<String> {
+    Rule {
+        says: "a host name (letters, digits, '.', '-', '_'; at most 253)".into(),
+        holds: Box::new(|name| {
+            (1..=253).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }),
+    }
+}

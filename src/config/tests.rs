@@ -68,7 +68,11 @@ fn the_defaults() {
     assert_eq!(s.history_max_age, Duration::from_secs(30 * 86400));
     assert_eq!(s.listen, Some("127.0.0.1:8765".parse().unwrap()));
     assert_eq!(s.listen_unix, None);
-    assert!(s.database.ends_with("kindler.db"), "{:?}", s.database);
+    assert!(
+        s.database.to_string().ends_with("kindler.db"),
+        "{:?}",
+        s.database
+    );
     assert_eq!(s.log_level, LogLevel::Info);
     assert_eq!(s.protected_clusters, ["devops"]);
     assert_eq!(s.https_port_range.to_string(), "18443-18999");
@@ -121,7 +125,7 @@ fn a_flag_beats_the_file_and_the_file_beats_the_default() {
             key: "database",
             in_file: "\"/from/file.db\"",
             flag: "/from/flag.db",
-            shown: |s| s.database.display().to_string(),
+            shown: |s| s.database.to_string(),
             by_default: "kindler-data/kindler.db",
             by_file: "/from/file.db",
             by_flag: "/from/flag.db",

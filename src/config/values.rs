@@ -65,6 +65,20 @@ impl Value for PathBuf {
     }
 }
 
+/// The `database` setting: a file path, or a `postgres://` URL.
+impl Value for crate::store::Database {
+    const VALUE_NAME: Option<&'static str> = Some("FILE|URL");
+    fn expected() -> String {
+        "a file path or a postgres:// URL".into()
+    }
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Err(format!("it must be {}", Self::expected()));
+        }
+        Ok(crate::store::Database::parse(text))
+    }
+}
+
 /// A list: comma-separated as text, an array (or that text) in TOML.
 impl Value for Vec<String> {
     const VALUE_NAME: Option<&'static str> = Some("LIST");
@@ -246,10 +260,7 @@ impl Value for CommandLine {
 
 impl CommandLine {
     fn from_argv(mut argv: Vec<String>) -> Result<Self, String> {
-        if argv
-            .first()
-            .map_or(true, |program| program.trim().is_empty())
-        {
+        if argv.first().is_none_or(|program| program.trim().is_empty()) {
             return Err("it must name a program".into());
         }
         let program = PathBuf::from(argv.remove(0));

@@ -125,10 +125,16 @@ impl Reconciler {
         let finished = pending.done.finished.clone();
         let verdict = pending.verdict.clone();
         let now = self.app.clock.now();
-        self.app
-            .store
-            .write(move |tx| record_end(tx, &plan, &finished, &verdict, keep, backoff, now))
-            .await
+        record_end(
+            &self.app.store,
+            &plan,
+            &finished,
+            &verdict,
+            keep,
+            backoff,
+            now,
+        )
+        .await
     }
 
     pub(super) fn next_end_retry(&self) -> Option<Instant> {

@@ -37,7 +37,7 @@ use crate::health::IgnoredRow;
 use crate::log::{self, ids, Event, Priority};
 use crate::model::Action;
 use crate::procs;
-use crate::store::clusters::{self, ClusterRecord, InvalidRow};
+use crate::store::clusters::{ClusterRecord, InvalidRow};
 use crate::store::runs;
 use crate::systemd;
 
@@ -149,6 +149,17 @@ impl Reconciler {
     /// Runs until `shutdown`, then cancels the running actions and records them.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let app = self.app.clone();
+        // In a fleet, nothing is done about the host's clusters before its lease is held
+        // (another agent may still act on them).
+        let held = async {
+            tokio::select! {
+                _ = app.store.until_lease_held() => true,
+                _ = shutdown.cancelled() => false,
+            }
+        };
+        if !beating(&app.heartbeat, held).await {
+            return;
+        }
         beating(&app.heartbeat, self.recover()).await;
         self.load_all().await;
         loop {
@@ -165,6 +176,7 @@ impl Reconciler {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = self.app.wake.notified() => self.sync_changes().await,
+                _ = app.store.feed_moved() => self.sync_changes().await,
                 Some(done) = self.done_rx.recv() => self.finish(done).await,
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
@@ -222,7 +234,7 @@ impl Reconciler {
 
     /// A cluster's row, and what it means to the loop.
     async fn load(&self, id: i64) -> Found {
-        let row = self.app.store.read(move |c| clusters::by_id(c, id)).await;
+        let row = self.app.store.by_id(id).await;
         self.app.health.track(
             crate::health::Cause::StoreReads,
             &row,
@@ -246,6 +258,8 @@ impl Reconciler {
                 continue;
             }
             let record = match self.load(id).await {
+                // Another host's cluster (moved there meanwhile): its agent acts on it.
+                Found::Row(record) if !self.owns(&record, &settings) => continue,
                 Found::Row(record) => record,
                 Found::Gone => {
                     self.app.health.unignore_row(id);
@@ -281,6 +295,11 @@ impl Reconciler {
         crate::metrics::METRICS.set_waiting(count, since);
     }
 
+    /// The cluster lives on this agent's host.
+    fn owns(&self, record: &ClusterRecord, settings: &Settings) -> bool {
+        record.host.as_ref().is_none_or(|h| h.name == settings.host)
+    }
+
     /// A row kindler cannot act on: reported once, listed by health until it is readable.
     fn ignore(&self, invalid: InvalidRow) {
         let row = IgnoredRow {
@@ -304,26 +323,17 @@ impl Reconciler {
         let attempt = record.attempts.saturating_add(1);
         let tag = procs::new_tag();
         let (id, generation, name) = (record.id, record.generation, record.spec.name.to_string());
-        let started_at = self.app.clock.now();
-        let run_tag = tag.clone();
         let begun = self
             .app
             .store
-            .write(move |tx| {
-                let run_id = runs::insert(
-                    tx,
-                    &runs::NewRun {
-                        cluster_id: id,
-                        cluster_name: &name,
-                        action,
-                        generation,
-                        attempt,
-                        started_at,
-                        process_tag: &run_tag,
-                    },
-                )?;
-                clusters::begin_action(tx, id, action)?;
-                Ok(run_id)
+            .begin_run(runs::NewRun {
+                cluster_id: id,
+                cluster_name: name,
+                action,
+                generation,
+                attempt,
+                started_at: self.app.clock.now(),
+                process_tag: tag.clone(),
             })
             .await;
         self.app.note_write(&begun, "starting an action");

@@ -10,9 +10,9 @@ use super::machine::{self, RowChange, Verdict};
 use crate::log::{ids, Event, Priority};
 use crate::model::{Action, ActualState, DesiredState, RunOutcome};
 use crate::runner::Exit;
-use crate::store::clusters::{self, ActionResult, ClusterRecord};
+use crate::store::clusters::{ActionResult, ClusterRecord, RowUpdate};
 use crate::store::time::Timestamp;
-use crate::store::{runs, StoreResult};
+use crate::store::{runs, Recorded, RunEnding, Store, StoreResult};
 
 /// What `record_end` did to the row, for the log.
 #[derive(Debug, Default)]
@@ -24,11 +24,27 @@ pub struct EndRecord {
     actual: Option<ActualState>,
 }
 
+impl From<Recorded> for EndRecord {
+    fn from(r: Recorded) -> Self {
+        let mut end = EndRecord {
+            removed: r.removed,
+            desired: r.before.map(|(d, _)| d),
+            actual: r.before.map(|(_, a)| a),
+            ..EndRecord::default()
+        };
+        if let Some(RowUpdate::Settle(result)) = r.update {
+            end.actual = Some(result.actual);
+            end.attempts = result.attempts;
+            end.next_attempt_at = result.next_attempt_at.map(SystemTime::from);
+        }
+        end
+    }
+}
+
 /// Writes the run's end into the history and applies what the state machine makes of it to
 /// the cluster's row as it is now (it may have been declared anew meanwhile).
-#[allow(clippy::too_many_arguments)] // one transaction's inputs, passed from the writer job
-pub(super) fn record_end(
-    tx: &rusqlite::Transaction,
+pub(super) async fn record_end(
+    store: &Store,
     plan: &Plan,
     f: &Finished,
     v: &Verdict,
@@ -36,13 +52,13 @@ pub(super) fn record_end(
     (backoff_initial, backoff_max): (Duration, Duration),
     now: SystemTime,
 ) -> StoreResult<EndRecord> {
-    let id = plan.record.id;
-    let error = v.error_text(&f.tail);
     let exit = f.ending.exit();
-    runs::finish(
-        tx,
-        plan.run_id,
-        &runs::RunEnd {
+    let ending = RunEnding {
+        run_id: plan.run_id,
+        cluster_id: plan.record.id,
+        action: plan.action,
+        keep,
+        end: runs::RunEnd {
             outcome: v.outcome,
             ended_at: f.ended_at,
             duration: f.duration,
@@ -54,44 +70,34 @@ pub(super) fn record_end(
                 Exit::Signal(s) => Some(s),
                 Exit::Code(_) => None,
             }),
-            error: error.as_deref(),
-            output_tail: &f.tail,
+            error: v.error_text(&f.tail),
+            output_tail: f.tail.clone(),
             pgid: f.pgid,
         },
-    )?;
-    runs::prune_cluster(tx, id, plan.action, keep)?;
-    let current = match clusters::by_id(tx, id)? {
-        Some(Ok(c)) => c,
-        _ => return Ok(EndRecord::default()),
     };
-    let run = machine::RunEnd {
-        action: plan.action,
-        generation: plan.record.generation,
-        attempt: plan.attempt,
-        verdict: v,
-        tail: &f.tail,
-        probe: f.probe,
+    let (action, generation, attempt) = (plan.action, plan.record.generation, plan.attempt);
+    let (verdict, tail, probe) = (v.clone(), f.tail.clone(), f.probe);
+    let decide = move |current: &ClusterRecord| {
+        let run = machine::RunEnd {
+            action,
+            generation,
+            attempt,
+            verdict: &verdict,
+            tail: &tail,
+            probe,
+        };
+        let change = machine::ended(current, &run, now, |attempt| {
+            backoff::delay(attempt, backoff_initial, backoff_max)
+        });
+        row_update(change)
     };
-    let change = machine::ended(&current, &run, now, |attempt| {
-        backoff::delay(attempt, backoff_initial, backoff_max)
-    });
-    apply(tx, &current, &change)
+    Ok(store.record_end(ending, decide).await?.into())
 }
 
-/// Carries a [`RowChange`] out on the cluster's row.
-fn apply(
-    tx: &rusqlite::Transaction,
-    current: &ClusterRecord,
-    change: &RowChange,
-) -> StoreResult<EndRecord> {
-    let id = current.id;
-    let mut end = EndRecord {
-        desired: Some(current.desired),
-        actual: Some(current.actual),
-        ..EndRecord::default()
-    };
+/// The state machine's [`RowChange`] as the store carries it out.
+fn row_update(change: RowChange) -> RowUpdate {
     match change {
-        RowChange::Remove => end.removed = clusters::remove_if_absent(tx, id)?,
+        RowChange::Remove => RowUpdate::Remove,
         RowChange::Settle {
             actual,
             error,
@@ -99,29 +105,19 @@ fn apply(
             next_attempt_at,
             observed_generation,
             probe,
-        } => {
-            clusters::finish_action(
-                tx,
-                id,
-                &ActionResult {
-                    actual: *actual,
-                    error: error.clone(),
-                    attempts: *attempts,
-                    next_attempt_at: next_attempt_at.map(Timestamp::from),
-                    observed_generation: *observed_generation,
-                    probe: *probe,
-                },
-            )?;
-            end.actual = Some(*actual);
-            end.attempts = *attempts;
-            end.next_attempt_at = *next_attempt_at;
-        }
+        } => RowUpdate::Settle(ActionResult {
+            actual,
+            error,
+            attempts,
+            next_attempt_at: next_attempt_at.map(Timestamp::from),
+            observed_generation,
+            probe,
+        }),
         RowChange::Interrupted { in_progress, note } => {
-            clusters::mark_interrupted(tx, id, *in_progress, note)?;
+            RowUpdate::Interrupted { in_progress, note }
         }
-        RowChange::Keep => {}
+        RowChange::Keep => RowUpdate::Keep,
     }
-    Ok(end)
 }
 
 pub(super) fn log_end(plan: &Plan, f: &Finished, v: &Verdict, end: &EndRecord) {

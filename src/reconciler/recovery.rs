@@ -5,13 +5,12 @@ use super::Reconciler;
 use crate::log::{self, ids, Event, Priority};
 use crate::model::Action;
 use crate::procs::Target;
-use crate::store::{clusters, runs};
 
 impl Reconciler {
     /// Ends what a previous daemon left behind: runs that never recorded an end (it was
     /// killed), and the processes of those runs that are still alive.
     pub(super) async fn recover(&mut self) {
-        let unfinished = match self.app.store.read(runs::unfinished).await {
+        let unfinished = match self.app.store.unfinished_runs().await {
             Ok(u) => u,
             Err(e) => return log::error(&format!("cannot read unfinished runs: {e}")),
         };
@@ -33,21 +32,11 @@ impl Reconciler {
             let note = format!(
                 "{action} was interrupted: kindler stopped while it ran (killed or crashed); it is redone now"
             );
-            let cluster_note = note.clone();
             let in_progress = run.action.and_then(Action::in_progress_state);
-            let res = self
-                .app
-                .store
-                .write(move |tx| {
-                    runs::mark_interrupted(tx, run.id, &note)?;
-                    // Only a cluster still in that action's state is redone; one that got
-                    // further since (its end was recorded by a later run) keeps its state.
-                    if let (Some(state), Some(cluster_id)) = (in_progress, run.cluster_id) {
-                        clusters::mark_interrupted(tx, cluster_id, state, &cluster_note)?;
-                    }
-                    Ok(())
-                })
-                .await;
+            // Only a cluster still in that action's state is redone; one that got further
+            // since (its end was recorded by a later run) keeps its state.
+            let cluster = run.cluster_id.zip(in_progress);
+            let res = self.app.store.mark_interrupted(run.id, note, cluster).await;
             if let Err(e) = res {
                 log::error(&format!("cannot record run {} as interrupted: {e}", run.id));
             }

@@ -10,7 +10,6 @@ use super::{machine, CancelReason, Found, Mode, Reconciler};
 use crate::health::Cause;
 use crate::log::{self, ids, Event, Priority};
 use crate::model::{ActualState, DesiredState};
-use crate::store::{clusters, runs};
 use crate::systemd;
 
 /// How often old history is pruned.
@@ -21,16 +20,7 @@ impl Reconciler {
     /// (a cluster already due earlier stays so). At start-up, then once per resync interval;
     /// retried by the poll until it succeeds (the store may be locked at start-up).
     pub(super) async fn load_all(&mut self) {
-        let loaded = self
-            .app
-            .store
-            .read(|conn| {
-                Ok((
-                    clusters::change_counter(conn)?,
-                    clusters::schedule_rows(conn)?,
-                ))
-            })
-            .await;
+        let loaded = self.app.store.schedule().await;
         self.app
             .health
             .track(Cause::StoreReads, &loaded, "cannot load the clusters");
@@ -64,11 +54,7 @@ impl Reconciler {
         let now = Instant::now();
         let mut touched = self.app.take_nudged();
         let cursor = self.cursor;
-        let changed = self
-            .app
-            .store
-            .read(move |c| clusters::changed_since(c, cursor))
-            .await;
+        let changed = self.app.store.changed_since(cursor).await;
         self.app
             .health
             .track(Cause::ChangeFeed, &changed, "cannot read new declarations");
@@ -137,7 +123,7 @@ impl Reconciler {
         }
         if self.status_dirty {
             self.status_dirty = false;
-            if let Ok(summary) = self.app.store.read(clusters::summary).await {
+            if let Ok(summary) = self.app.store.summary().await {
                 let line = systemd::status_line(&summary, self.app.clock.now());
                 self.app.health.set_summary(line);
             }
@@ -145,12 +131,7 @@ impl Reconciler {
         if Instant::now() >= self.next_maintenance {
             self.next_maintenance = Instant::now() + MAINTENANCE_EVERY;
             let max_age = settings.history_max_age;
-            if let Err(e) = self
-                .app
-                .store
-                .write(move |tx| runs::prune_old(tx, max_age))
-                .await
-            {
+            if let Err(e) = self.app.store.prune_old(max_age).await {
                 log::warn(&format!("cannot prune old history: {e}"));
             }
         }
@@ -167,15 +148,11 @@ impl Reconciler {
     /// Gives rows whose change number another program wrote a number of kindler's, so that
     /// their later declarations are seen in order; each is reported in the journal.
     async fn repair_change_numbers(&mut self) {
-        let Ok(odd) = self.app.store.read(clusters::odd_change_numbers).await else {
+        let Ok(odd) = self.app.store.odd_change_numbers().await else {
             return;
         };
         for (id, name, value) in odd {
-            let repaired = self
-                .app
-                .store
-                .write(move |tx| clusters::renumber(tx, id))
-                .await;
+            let repaired = self.app.store.renumber(id).await;
             if repaired.is_ok() {
                 // The row may carry a declaration written together with the odd number,
                 // which the feed did not show: look at it now, not at the next rescan.
@@ -202,7 +179,7 @@ impl Reconciler {
         }
         let app = self.app.clone();
         self.write_probe = Some(tokio::spawn(async move {
-            let result = app.store.write(|_| Ok(())).await;
+            let result = app.store.probe_write().await;
             app.note_write(&result, "writing to the database");
         }));
     }

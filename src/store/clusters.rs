@@ -36,6 +36,18 @@ pub struct ClusterRecord {
     pub nodes_total: Option<i64>,
     /// As the last successful probe reported them.
     pub add_ons: AddOnStatus,
+    /// The host the cluster lives on, in a fleet sharing PostgreSQL; `None` in an embedded
+    /// store, whose clusters are all on the host kindler runs on.
+    pub host: Option<FleetHost>,
+}
+
+/// A cluster's host in a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetHost {
+    pub name: String,
+    /// Its agent holds the host's lease: it acts on the cluster. When false nobody does
+    /// (local clusters cannot move) until the agent is back.
+    pub reachable: bool,
 }
 
 #[cfg(test)]
@@ -72,6 +84,7 @@ impl ClusterRecord {
             nodes_ready: None,
             nodes_total: None,
             add_ons: AddOnStatus::UNKNOWN,
+            host: None,
         }
     }
 }
@@ -112,7 +125,7 @@ fn from_row(row: &Row) -> rusqlite::Result<Parsed> {
 /// not a name, a port that is not one, a generation that is not a number) makes the row an
 /// [`InvalidRow`], reported and left alone, rather than an error that would fail every
 /// query touching the table; what is only shown (nodes, add-ons, times) is read as unknown.
-fn cluster(r: &RowReader) -> Parsed {
+pub(super) fn cluster(r: &RowReader) -> Parsed {
     let id = r.key("id");
     let raw_name = r.text("name").unwrap_or_default();
     let invalid = |reason: String| InvalidRow {
@@ -185,6 +198,7 @@ fn cluster(r: &RowReader) -> Parsed {
             r.text("portainer_status").as_deref(),
             r.text("argocd_status").as_deref(),
         ),
+        host: None,
     })
 }
 
@@ -250,15 +264,7 @@ pub fn port_holder(
             ))
         })
         .optional()?;
-    Ok(found.map(|(name, field)| {
-        let field = match field.as_str() {
-            "pf_port" => "pf_port",
-            "http_port" => "http_port",
-            "https_port" => "https_port",
-            _ => "node_port",
-        };
-        (name, field)
-    }))
+    Ok(found.map(|(name, field)| (name, super::ports::field_name(&field))))
 }
 
 /// Ports between `first` and `last` that some live cluster holds, in any field.
@@ -471,6 +477,36 @@ pub fn finish_action(tx: &Transaction, id: i64, r: &ActionResult) -> StoreResult
     Ok(())
 }
 
+/// What the end of a run does to its cluster's row, as the state machine decided it on
+/// the row as it was then (see `Store::record_end`).
+#[derive(Debug, Clone)]
+pub enum RowUpdate {
+    /// The cluster is deleted: the row goes (unless it was declared again meanwhile).
+    Remove,
+    /// The action is over, for good or ill.
+    Settle(ActionResult),
+    /// The action did not finish: the row keeps its in-progress state, so that it is redone,
+    /// and says why.
+    Interrupted {
+        in_progress: ActualState,
+        note: String,
+    },
+    /// Nothing to record on the row.
+    Keep,
+}
+
+/// Carries a [`RowUpdate`] out on row `id`; true when it removed the row.
+pub fn apply(tx: &Transaction, id: i64, update: &RowUpdate) -> StoreResult<bool> {
+    match update {
+        RowUpdate::Remove => remove_if_absent(tx, id),
+        RowUpdate::Settle(result) => finish_action(tx, id, result).map(|()| false),
+        RowUpdate::Interrupted { in_progress, note } => {
+            mark_interrupted(tx, id, *in_progress, note).map(|_| false)
+        }
+        RowUpdate::Keep => Ok(false),
+    }
+}
+
 /// Removes a row by its name as stored (valid or not), whatever its state; returns its id.
 pub fn forget(tx: &Transaction, name: &str) -> StoreResult<Option<i64>> {
     Ok(tx
@@ -521,20 +557,23 @@ pub fn schedule_rows(conn: &Connection) -> StoreResult<Vec<ScheduleRow>> {
     let mut stmt =
         conn.prepare("SELECT id, actual_state, desired_state, last_reconciled_at FROM clusters")?;
     let rows = stmt
-        .query_map([], |r| {
-            row::read(r, |r| ScheduleRow {
-                id: r.key("id"),
-                actual: ActualState::from_stored(r.text("actual_state").as_deref()),
-                // NULL (or '') is the column's default, as in a full row.
-                desired: match r.text("desired_state") {
-                    None => Some(DesiredState::Present),
-                    Some(text) => text.parse().ok(),
-                },
-                last_reconciled_at: r.timestamp("last_reconciled_at").ok().flatten(),
-            })
-        })?
+        .query_map([], |r| row::read(r, schedule_row))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// Reads `id, actual_state, desired_state, last_reconciled_at`.
+pub(super) fn schedule_row(r: &RowReader) -> ScheduleRow {
+    ScheduleRow {
+        id: r.key("id"),
+        actual: ActualState::from_stored(r.text("actual_state").as_deref()),
+        // NULL (or '') is the column's default, as in a full row.
+        desired: match r.text("desired_state") {
+            None => Some(DesiredState::Present),
+            Some(text) => text.parse().ok(),
+        },
+        last_reconciled_at: r.timestamp("last_reconciled_at").ok().flatten(),
+    }
 }
 
 /// Counts by actual state and the earliest scheduled retry, for the status line.
@@ -552,19 +591,11 @@ pub fn summary(conn: &Connection) -> StoreResult<Summary> {
         "SELECT COALESCE(actual_state, 'unknown') AS state, COUNT(*) AS n
            FROM clusters GROUP BY 1 ORDER BY 1",
     )?;
-    let mut counts = std::collections::HashMap::new();
-    for row in stmt.query_map([], |r| {
-        Ok((row::read(r, |r| r.text("state"))?, r.get::<_, i64>("n")?))
-    })? {
-        let (state, n) = row?;
-        *counts
-            .entry(ActualState::from_stored(state.as_deref()))
-            .or_insert(0) += n;
-    }
-    let by_state = ActualState::ALL
-        .into_iter()
-        .filter_map(|s| counts.get(&s).map(|n| (s, *n)))
-        .collect();
+    let counts = stmt
+        .query_map([], |r| {
+            Ok((row::read(r, |r| r.text("state"))?, r.get::<_, i64>("n")?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
     let next_retry = conn
         .prepare_cached(
             "SELECT name, next_attempt_at FROM clusters WHERE next_attempt_at IS NOT NULL
@@ -579,10 +610,30 @@ pub fn summary(conn: &Connection) -> StoreResult<Summary> {
             })
         })
         .optional()?;
-    Ok(Summary {
-        by_state,
-        next_retry,
-    })
+    Ok(Summary::of(counts, next_retry))
+}
+
+impl Summary {
+    /// From the count of rows by stored actual state, and the earliest retry.
+    pub(super) fn of(
+        counts: Vec<(Option<String>, i64)>,
+        next_retry: Option<(String, Option<Timestamp>)>,
+    ) -> Summary {
+        let mut by_kind = std::collections::HashMap::new();
+        for (state, n) in counts {
+            *by_kind
+                .entry(ActualState::from_stored(state.as_deref()))
+                .or_insert(0) += n;
+        }
+        let by_state = ActualState::ALL
+            .into_iter()
+            .filter_map(|s| by_kind.get(&s).map(|n| (s, *n)))
+            .collect();
+        Summary {
+            by_state,
+            next_retry,
+        }
+    }
 }
 
 /// Clusters counted by declared and observed state, for the metrics and the status
@@ -612,30 +663,43 @@ pub fn state_counts(conn: &Connection) -> StoreResult<StateCounts> {
                 SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END) AS failing
            FROM clusters GROUP BY 1, 2",
     )?;
-    let mut groups: Vec<(DesiredState, ActualState, i64, i64)> = Vec::new();
-    for row in stmt.query_map([], |r| {
-        let (d, a) = row::read(r, |r| (r.text("d"), r.text("a")))?;
-        Ok((
-            d,
-            a,
-            r.get::<_, i64>("n")?,
-            r.get::<_, Option<i64>>("failing")?,
-        ))
-    })? {
-        let (d, a, n, failing) = row?;
-        let desired = d
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(DesiredState::Present);
-        let actual = ActualState::from_stored(a.as_deref());
-        match groups.iter_mut().find(|g| g.0 == desired && g.1 == actual) {
-            Some(g) => {
-                g.2 += n;
-                g.3 += failing.unwrap_or(0);
+    let groups = stmt
+        .query_map([], |r| {
+            let (d, a) = row::read(r, |r| (r.text("d"), r.text("a")))?;
+            Ok((
+                d,
+                a,
+                r.get::<_, i64>("n")?,
+                r.get::<_, Option<i64>>("failing")?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StateCounts::of(groups))
+}
+
+impl StateCounts {
+    /// From the stored (desired, actual) pairs as either backend groups them: values
+    /// kindler does not know merge into `present` and `unknown`.
+    pub fn of(
+        stored: impl IntoIterator<Item = (Option<String>, Option<String>, i64, Option<i64>)>,
+    ) -> StateCounts {
+        let mut groups: Vec<(DesiredState, ActualState, i64, i64)> = Vec::new();
+        for (d, a, n, failing) in stored {
+            let desired = d
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(DesiredState::Present);
+            let actual = ActualState::from_stored(a.as_deref());
+            let failing = failing.unwrap_or(0);
+            match groups.iter_mut().find(|g| g.0 == desired && g.1 == actual) {
+                Some(g) => {
+                    g.2 += n;
+                    g.3 += failing;
+                }
+                None => groups.push((desired, actual, n, failing)),
             }
-            None => groups.push((desired, actual, n, failing.unwrap_or(0))),
         }
+        StateCounts { groups }
     }
-    Ok(StateCounts { groups })
 }
 
 /// Clusters whose next attempt lies after `now` (waiting in backoff); uses the index on

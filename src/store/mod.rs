@@ -1,33 +1,37 @@
-//! The SQLite store: desired state, observed state and the history of reconcile runs.
+//! The store: desired state, observed state and the history of reconcile runs.
 //!
-//! One writer connection (SQLite allows one writer at a time anyway), on a thread of its
-//! own that commits waiting writes together, and a few reader connections; WAL lets the
-//! readers go on while the writer commits. Reads run inside `block_in_place`, so a slow
-//! disk never stalls the threads that serve HTTP.
+//! [`Store`] is the boundary the API and the reconciler use: the operations the daemon
+//! performs (create a cluster, declare, begin a run, record its end, read the change feed,
+//! ...), each one transaction. Behind it is a backend: SQLite (`sqlite.rs`, the embedded
+//! default, with the statements in `clusters.rs` and `runs.rs`), or PostgreSQL
+//! (`postgres/`), which several agents share, one per host, each holding its host's
+//! lease.
 
 pub mod clusters;
 mod identity;
 mod migrate;
+pub mod ports;
+pub mod postgres;
 mod row;
 pub mod runs;
+pub mod sqlite;
 #[cfg(test)]
 mod tests;
 pub mod time;
 mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
-
+use crate::model::{Action, ActualState, ClusterName, ClusterSpec, DesiredState};
+use clusters::{ClusterRecord, Parsed, RowUpdate, ScheduleRow, Summary};
 pub use migrate::Migration;
-
-/// How long a statement waits for another writer (a `sqlite3` user, say) before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reader connections kept open; more readers wait for one to come back.
-const READERS: usize = 4;
+pub use postgres::Postgres;
+use runs::{NewRun, RunEnd, RunRecord, Unfinished};
+pub use sqlite::Sqlite;
+use sqlite::BUSY_TIMEOUT;
 
 /// Why the store could not do what it was asked. Each variant's text is meant for the
 /// user (the API answers it, health and the journal show it); the underlying error is its
@@ -78,6 +82,27 @@ pub enum StoreError {
     /// The writer thread could not be started.
     #[error("cannot start the database writer thread: {0}")]
     WriterStart(#[source] std::io::Error),
+    /// PostgreSQL refused a statement, or the connection to it broke.
+    #[error("{}", describe_postgres(.0))]
+    Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// No connection to PostgreSQL could be had: the server is down or cannot be reached.
+    #[error("the database cannot be reached: {0}")]
+    Unreachable(String),
+    /// The `database` URL or the password cannot be used.
+    #[error("{0}")]
+    Config(String),
+    /// This agent no longer holds its host's lease (another agent took it over): it may
+    /// not record anything about the host's clusters.
+    #[error(
+        "this agent no longer holds the lease of host {host} (its fence number {held}, \
+         the lease's now {}): another agent took over, and this one's writes are refused",
+        .current.map(|c| c.to_string()).unwrap_or_else(|| "none".into())
+    )]
+    Fenced {
+        host: String,
+        held: i64,
+        current: Option<i64>,
+    },
     /// A file-system call about the database's files failed.
     #[error("cannot {doing} {}: {source}", .path.display())]
     Io {
@@ -102,6 +127,31 @@ fn describe_sqlite(e: &rusqlite::Error) -> String {
     }
 }
 
+/// What a PostgreSQL error means to the user: a server that cannot be reached is told
+/// apart from a statement it refused.
+fn describe_postgres(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("database error: {}: {}", db.code().code(), db.message()),
+        None if e.is_closed() => "the connection to the database was lost".into(),
+        None => format!("the database cannot be reached: {e}"),
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(Arc::new(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Unreachable(other.to_string()),
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(Arc::new(e))
@@ -110,156 +160,439 @@ impl From<rusqlite::Error> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A handle to the database; cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    inner: Arc<Inner>,
+/// A cluster to create, as the API checked it.
+#[derive(Debug, Clone)]
+pub struct NewCluster {
+    pub spec: ClusterSpec,
+    /// Host port fields the client left out (their defaults may move; see [`ports`]).
+    pub omitted: Vec<&'static str>,
+    pub ranges: ports::Ranges,
+    /// The host the client asked for; `None` leaves the choice to kindler.
+    pub host: Option<String>,
 }
 
-struct Inner {
-    path: PathBuf,
-    writer: writer::Writer,
-    readers: Mutex<Vec<Connection>>,
-    /// Last `PRAGMA data_version` seen on the writer connection (see `external_change`).
-    data_version: Mutex<i64>,
+/// A cluster created: its row, its spec with the ports it got, and its host.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub id: i64,
+    pub spec: ClusterSpec,
+    pub host: String,
+    pub reassigned: Vec<ports::Reassigned>,
+}
+
+/// What a task's status is derived from, for one cluster name and action.
+#[derive(Debug, Clone)]
+pub struct TaskLookup {
+    pub row: Option<ClusterRecord>,
+    /// The newest run of the action asked about.
+    pub own: Option<RunRecord>,
+    /// The newest run of the cluster (by its row), whatever its action.
+    pub latest: Option<RunRecord>,
+}
+
+/// The end of a run, to be recorded (see [`Store::record_end`]).
+#[derive(Debug, Clone)]
+pub struct RunEnding {
+    pub run_id: i64,
+    pub cluster_id: i64,
+    pub action: Action,
+    /// Runs of this cluster and action kept in the history.
+    pub keep: u32,
+    pub end: RunEnd,
+}
+
+/// What recording a run's end did to the cluster's row.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// The row's declared and observed state before the update; `None` when the row is
+    /// gone or cannot be read (then nothing was done to it).
+    pub before: Option<(DesiredState, ActualState)>,
+    /// What was done to the row.
+    pub update: Option<RowUpdate>,
+    pub removed: bool,
+}
+
+impl Recorded {
+    fn of(current: &ClusterRecord, update: RowUpdate, removed: bool) -> Recorded {
+        Recorded {
+            before: Some((current.desired, current.actual)),
+            update: Some(update),
+            removed,
+        }
+    }
+}
+
+/// A handle to the store, whichever backend holds it; cheap to clone.
+///
+/// Each operation is one transaction: it happens whole or not at all.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
     epoch: Arc<Epoch>,
-    /// The files kindler opened, to notice when they are removed or replaced.
-    identity: Arc<identity::Identity>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Sqlite),
+    Postgres(Postgres),
+}
+
+/// Runs `$body` with `$b` bound to the backend.
+macro_rules! on_backend {
+    ($self:ident, $b:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($b) => $body,
+            Backend::Postgres($b) => $body,
+        }
+    };
+}
+
+/// Where the data is: the `database` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file on this host (the default).
+    Sqlite(PathBuf),
+    /// A `postgres://` URL: a database shared by the agents of several hosts.
+    Postgres(String),
+}
+
+impl Database {
+    /// A URL with the postgres scheme names a PostgreSQL database; anything else is a file.
+    pub fn parse(text: &str) -> Database {
+        let text = text.trim();
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Database::Postgres(text.to_owned())
+        } else {
+            Database::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Database::Sqlite(path) => Some(path),
+            Database::Postgres(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&postgres::connect::redact(url)),
+        }
+    }
+}
+
+/// How asking for a host's lease went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseAttempt {
+    /// This agent holds the lease now, with this fence number.
+    Acquired { fence: i64 },
+    /// Another agent holds it, for at most this long unless it renews it.
+    HeldBy { agent: String, expires_in: Duration },
+}
+
+/// A host of the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostInfo {
+    pub name: String,
+    /// Its agent holds its lease.
+    pub reachable: bool,
+    pub agent: String,
+    pub fence: i64,
+    pub lease_expires_at: Option<std::time::SystemTime>,
+    pub clusters: i64,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database and brings its schema up to date.
-    /// Returns the store and the migrations that were applied now.
-    pub fn open(path: &Path) -> StoreResult<(Store, Vec<Migration>)> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                doing: "create",
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let mut writer = connect(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-        )?;
-        // Small pages for a new file (an existing one keeps its own): rows are small and
-        // are updated one at a time, and every changed page is written whole to the log.
-        // SQLite opens a file it may not write read-only, without a word; kindler would then
-        // answer reads and fail every declaration.
-        if writer.is_readonly("main")? {
-            return Err(StoreError::ReadOnly);
-        }
-        writer.pragma_update(None, "page_size", 1024)?;
-        writer.pragma_update(None, "journal_mode", "WAL")?;
-        let applied = migrate::run(&mut writer)?;
-        let version = data_version(&writer)?;
-        let identity = Arc::new(
-            identity::Identity::of(path).map_err(|source| StoreError::Io {
-                doing: "look at",
-                path: path.to_owned(),
-                source,
-            })?,
-        );
+    /// Opens (creating if needed) the SQLite database at `path` and brings its schema up to
+    /// date. Returns the store and the migrations that were applied now.
+    pub fn open(path: &std::path::Path) -> StoreResult<(Store, Vec<Migration>)> {
+        Store::open_sqlite(path, &local_host_name())
+    }
+
+    /// [`Store::open`], with the clusters shown on host `host`.
+    pub fn open_sqlite(path: &std::path::Path, host: &str) -> StoreResult<(Store, Vec<Migration>)> {
         let epoch = Arc::new(Epoch::default());
+        let (sqlite, applied) = Sqlite::open(path, host, epoch.clone())?;
         let store = Store {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                writer: writer::Writer::start(writer, epoch.clone(), identity.clone())?,
-                readers: Mutex::new(Vec::new()),
-                data_version: Mutex::new(version),
-                epoch,
-                identity,
-            }),
+            backend: Backend::Sqlite(sqlite),
+            epoch,
         };
         Ok((store, applied))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Connects to the PostgreSQL database at `url` as the agent of `host`, and brings its
+    /// schema up to date. The lease is not taken yet (see [`Store::acquire_lease`]).
+    pub async fn open_postgres(
+        url: &str,
+        password: Option<String>,
+        host: &str,
+    ) -> StoreResult<(Store, Vec<Migration>)> {
+        let epoch = Arc::new(Epoch::default());
+        let (pg, applied) = Postgres::open(url, password, host, epoch.clone()).await?;
+        let store = Store {
+            backend: Backend::Postgres(pg),
+            epoch,
+        };
+        Ok((store, applied))
     }
 
-    /// The store's epoch (see [`Inner::epoch`]).
+    /// The SQLite backend, when it is the one (for what only a file has: its path, its
+    /// identity, statements of tests).
+    pub fn sqlite(&self) -> Option<&Sqlite> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// True for a store several hosts share.
+    pub fn is_fleet(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Where the data is, for messages.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(s) => s.path().display().to_string(),
+            Backend::Postgres(p) => p.describe(),
+        }
+    }
+
+    /// Resolves when this host's part of the change feed moved without a local write (a
+    /// notification from another agent's API); never for SQLite, whose writes are all
+    /// this daemon's or noticed by [`Store::external_change`].
+    pub async fn feed_moved(&self) {
+        match &self.backend {
+            Backend::Sqlite(_) => std::future::pending().await,
+            Backend::Postgres(p) => p.feed_moved().await,
+        }
+    }
+
+    /// Takes this host's lease if it is free (SQLite: the file lock is the lease; always).
+    pub async fn acquire_lease(&self, ttl: Duration) -> StoreResult<LeaseAttempt> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(LeaseAttempt::Acquired { fence: 0 }),
+            Backend::Postgres(p) => p.acquire_lease(ttl).await,
+        }
+    }
+
+    /// Extends this host's lease; false when another agent took it over.
+    pub async fn renew_lease(&self, ttl: Duration) -> StoreResult<bool> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(p) => p.renew_lease(ttl).await,
+        }
+    }
+
+    /// Gives this host's lease up (a clean stop).
+    pub async fn release_lease(&self) -> StoreResult<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.release_lease().await,
+        }
+    }
+
+    /// Resolves once this agent may act on its host's clusters.
+    pub async fn until_lease_held(&self) {
+        match &self.backend {
+            Backend::Sqlite(_) => {}
+            Backend::Postgres(p) => p.until_lease_held().await,
+        }
+    }
+
+    /// The hosts of the fleet (SQLite: none; its one host is implied).
+    pub async fn hosts(&self) -> StoreResult<Vec<HostInfo>> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(p) => p.hosts().await,
+        }
+    }
+
+    /// The store's epoch (see [`Epoch`]).
     pub fn epoch(&self) -> u64 {
-        self.inner.epoch.get()
+        self.epoch.get()
+    }
+
+    /// Moves the epoch: something the answers show changed outside the store's rows (a
+    /// host's lease ran out).
+    pub fn touch(&self) {
+        self.epoch.bump();
     }
 
     /// Changes whenever the epoch moves, for watchers that sleep until the store changes.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<()> {
-        self.inner.epoch.watch()
+        self.epoch.watch()
     }
 
-    /// Runs `f` on a reader connection, off the async worker threads.
-    pub async fn read<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
-    {
-        let store = self.clone();
-        blocking(move || store.read_blocking(f)).await
-    }
-
-    /// Runs `f` in a write transaction on the writer thread (see `writer.rs`): its changes
-    /// are committed, or none of them is.
-    pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction) -> StoreResult<T> + Send + 'static,
-    {
-        self.inner.writer.write(f).await
-    }
-
-    pub fn read_blocking<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> StoreResult<T>,
-    ) -> StoreResult<T> {
-        let pooled = self.inner.readers.lock().unwrap().pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => {
-                // A new connection opens whatever is at the path now: not a stranger's file.
-                self.check_file()?;
-                let c = connect(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-                // Readers see little of the file at once; keep their caches small.
-                c.pragma_update(None, "cache_size", -512)?;
-                c
-            }
-        };
-        let result = f(&conn);
-        let mut readers = self.inner.readers.lock().unwrap();
-        if readers.len() < READERS {
-            readers.push(conn);
-        }
-        result
-    }
-
-    /// Is the file at the database's path still the one kindler has open?
+    /// Is the store where kindler left it? (SQLite: the file at the path is the one kindler
+    /// has open.)
     pub fn check_file(&self) -> StoreResult<()> {
-        self.inner
-            .identity
-            .check()
-            .map_err(StoreError::FileReplaced)
+        on_backend!(self, b => b.check_file())
     }
 
-    /// True when another program committed to the database since the last call.
-    ///
-    /// `PRAGMA data_version` changes only for commits made by *other* connections; all of
-    /// kindler's own writes go through the connection asked here, so they do not count.
+    /// True when another program changed the store since the last call.
     pub async fn external_change(&self) -> StoreResult<bool> {
-        let now = self.inner.writer.data_version().await?;
-        let mut seen = self.inner.data_version.lock().unwrap();
-        let changed = now != *seen;
-        *seen = now;
-        if changed {
-            self.inner.epoch.bump();
-        }
-        Ok(changed)
+        on_backend!(self, b => b.external_change().await)
     }
+
+    /// Can the store be read at all? (The health check.)
+    pub async fn ping(&self) -> StoreResult<()> {
+        on_backend!(self, b => b.ping().await)
+    }
+
+    /// An empty write: tells when a failing store takes writes again.
+    pub async fn probe_write(&self) -> StoreResult<()> {
+        on_backend!(self, b => b.probe_write().await)
+    }
+
+    /// Every cluster row, newest first.
+    pub async fn list(&self) -> StoreResult<Vec<Parsed>> {
+        on_backend!(self, b => b.list().await)
+    }
+
+    pub async fn by_name(&self, name: &ClusterName) -> StoreResult<Option<Parsed>> {
+        self.by_stored_name(name.as_str()).await
+    }
+
+    /// The row named `name` as it is stored, whether or not it is a valid name (another
+    /// program may have written `My_Cluster`).
+    pub async fn by_stored_name(&self, name: &str) -> StoreResult<Option<Parsed>> {
+        on_backend!(self, b => b.by_stored_name(name).await)
+    }
+
+    pub async fn by_id(&self, id: i64) -> StoreResult<Option<Parsed>> {
+        on_backend!(self, b => b.by_id(id).await)
+    }
+
+    /// A cluster's row and its newest `limit` runs, newest first (the row may be gone).
+    pub async fn history(
+        &self,
+        name: &ClusterName,
+        limit: u32,
+    ) -> StoreResult<(Option<Parsed>, Vec<RunRecord>)> {
+        on_backend!(self, b => b.history(name, limit).await)
+    }
+
+    /// For each (name, action): what a task's status is derived from, read together.
+    pub async fn task_lookups(
+        &self,
+        wanted: Vec<(ClusterName, Action)>,
+    ) -> StoreResult<Vec<TaskLookup>> {
+        on_backend!(self, b => b.task_lookups(wanted).await)
+    }
+
+    /// Inserts a cluster, declared present, after checking its name and claiming its ports
+    /// (see [`ports`]); refused when the name or a chosen port is taken.
+    pub async fn create_cluster(
+        &self,
+        new: NewCluster,
+    ) -> StoreResult<Result<Created, ports::Refusal>> {
+        on_backend!(self, b => b.create_cluster(new).await)
+    }
+
+    /// Declares a desired state (see [`clusters::declare`]); false when no such cluster.
+    pub async fn declare(&self, name: &ClusterName, desired: DesiredState) -> StoreResult<bool> {
+        on_backend!(self, b => b.declare(name, desired).await)
+    }
+
+    /// Removes a row by its name as stored, whatever its state; returns its id.
+    pub async fn forget(&self, name: &str) -> StoreResult<Option<i64>> {
+        on_backend!(self, b => b.forget(name).await)
+    }
+
+    /// A run begins: its history row (with the process tag, before any process exists)
+    /// and the cluster's in-progress state. Returns the run's id.
+    pub async fn begin_run(&self, run: NewRun) -> StoreResult<i64> {
+        on_backend!(self, b => b.begin_run(run).await)
+    }
+
+    /// Records how a run ended: its history row, pruned to `keep` runs, and what `decide`
+    /// (the state machine) makes of the cluster's row as it is now, which it is handed
+    /// inside the transaction (it may have been declared anew while the run went on).
+    pub async fn record_end<D>(&self, ending: RunEnding, decide: D) -> StoreResult<Recorded>
+    where
+        D: FnOnce(&ClusterRecord) -> RowUpdate + Send + 'static,
+    {
+        on_backend!(self, b => b.record_end(ending, decide).await)
+    }
+
+    /// A run a previous daemon left without an end: marked interrupted, and its cluster
+    /// (when given, and still in the action's in-progress state) says so.
+    pub async fn mark_interrupted(
+        &self,
+        run_id: i64,
+        note: String,
+        cluster: Option<(i64, ActualState)>,
+    ) -> StoreResult<()> {
+        on_backend!(self, b => b.mark_interrupted(run_id, note, cluster).await)
+    }
+
+    /// The change counter and what the scheduler needs of every row.
+    pub async fn schedule(&self) -> StoreResult<(i64, Vec<ScheduleRow>)> {
+        on_backend!(self, b => b.schedule().await)
+    }
+
+    /// See [`clusters::changed_since`].
+    pub async fn changed_since(&self, cursor: i64) -> StoreResult<(i64, Vec<i64>)> {
+        on_backend!(self, b => b.changed_since(cursor).await)
+    }
+
+    /// See [`clusters::odd_change_numbers`].
+    pub async fn odd_change_numbers(&self) -> StoreResult<Vec<(i64, String, String)>> {
+        on_backend!(self, b => b.odd_change_numbers().await)
+    }
+
+    /// See [`clusters::renumber`].
+    pub async fn renumber(&self, id: i64) -> StoreResult<()> {
+        on_backend!(self, b => b.renumber(id).await)
+    }
+
+    pub async fn summary(&self) -> StoreResult<Summary> {
+        on_backend!(self, b => b.summary().await)
+    }
+
+    /// Clusters by desired and actual state (for `/metrics` and `/api/status`).
+    pub async fn state_counts(&self) -> StoreResult<clusters::StateCounts> {
+        on_backend!(self, b => b.state_counts().await)
+    }
+
+    /// Clusters whose next attempt lies after `now`.
+    pub async fn in_backoff(&self, now: time::Timestamp) -> StoreResult<i64> {
+        on_backend!(self, b => b.in_backoff(now).await)
+    }
+
+    /// The change feed's newest number.
+    pub async fn change_counter(&self) -> StoreResult<i64> {
+        on_backend!(self, b => b.change_counter().await)
+    }
+
+    /// Runs that never recorded their end: their daemon died or was stopped mid-action.
+    pub async fn unfinished_runs(&self) -> StoreResult<Vec<Unfinished>> {
+        on_backend!(self, b => b.unfinished_runs().await)
+    }
+
+    /// Drops runs that ended longer than `max_age` ago.
+    pub async fn prune_old(&self, max_age: Duration) -> StoreResult<usize> {
+        on_backend!(self, b => b.prune_old(max_age).await)
+    }
+}
+
+/// The machine's host name: the default `host`.
+pub fn local_host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Bumped after every commit kindler makes and whenever another program's commit is
 /// noticed: anything derived from the store at one epoch is current until it moves.
 #[derive(Default)]
-pub(crate) struct Epoch {
+pub struct Epoch {
     value: AtomicU64,
     moved: tokio::sync::watch::Sender<()>,
 }
@@ -276,34 +609,5 @@ impl Epoch {
 
     fn watch(&self) -> tokio::sync::watch::Receiver<()> {
         self.moved.subscribe()
-    }
-}
-
-fn connect(path: &Path, flags: OpenFlags) -> StoreResult<Connection> {
-    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // WAL makes NORMAL durable against crashes of the process; only power loss can undo
-    // the last commits.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
-}
-
-fn data_version(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get("data_version"))?)
-}
-
-async fn blocking<T, F>(f: F) -> StoreResult<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> StoreResult<T> + Send + 'static,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    // block_in_place needs the multi-threaded runtime (the daemon's). On a current-thread
-    // runtime (tests with a paused clock) there is no other worker to hand tasks to: the
-    // read simply runs here.
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
     }
 }

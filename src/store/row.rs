@@ -15,8 +15,27 @@ use rusqlite::Row;
 
 use super::time::Timestamp;
 
+/// A row's values by column name, as SQLite's types (NULL, integer, real, text, blob). A
+/// PostgreSQL row is read through the same getters (`postgres/rows.rs`), so both stores
+/// make the same of a value.
+pub trait Values {
+    fn value(&self, column: &'static str) -> rusqlite::Result<ValueRef<'_>>;
+    /// The position of `column`, for errors.
+    fn index(&self, column: &'static str) -> usize;
+}
+
+impl Values for Row<'_> {
+    fn value(&self, column: &'static str) -> rusqlite::Result<ValueRef<'_>> {
+        self.get_ref(column)
+    }
+
+    fn index(&self, column: &'static str) -> usize {
+        self.as_ref().column_index(column).unwrap_or_default()
+    }
+}
+
 /// Reads one row with `map`, which gets the row's values by column name.
-pub fn read<T>(row: &Row, map: impl FnOnce(&RowReader) -> T) -> rusqlite::Result<T> {
+pub fn read<T>(row: &dyn Values, map: impl FnOnce(&RowReader) -> T) -> rusqlite::Result<T> {
     let reader = RowReader {
         row,
         failed: RefCell::new(None),
@@ -30,7 +49,7 @@ pub fn read<T>(row: &Row, map: impl FnOnce(&RowReader) -> T) -> rusqlite::Result
 
 /// A row, read by column name (see [`read`]).
 pub struct RowReader<'a> {
-    row: &'a Row<'a>,
+    row: &'a dyn Values,
     /// The first error that is kindler's own (a column the query lacks, a row id that is
     /// no integer): it fails the query, as a mistake in the SQL should.
     failed: RefCell<Option<rusqlite::Error>>,
@@ -58,7 +77,7 @@ impl fmt::Display for Unreadable {
 
 impl RowReader<'_> {
     fn value(&self, column: &'static str) -> ValueRef<'_> {
-        match self.row.get_ref(column) {
+        match self.row.value(column) {
             Ok(v) => v,
             Err(e) => {
                 self.fail(e);
@@ -87,7 +106,7 @@ impl RowReader<'_> {
             ValueRef::Integer(i) => i,
             other => {
                 let e = rusqlite::Error::InvalidColumnType(
-                    self.row.as_ref().column_index(column).unwrap_or_default(),
+                    self.row.index(column),
                     column.to_owned(),
                     other.data_type(),
                 );

@@ -42,7 +42,8 @@ impl RunRecord {
     }
 }
 
-const COLUMNS: &str = "id, cluster_id, cluster_name, action, generation, attempt, outcome, \
+pub(super) const COLUMNS: &str =
+    "id, cluster_id, cluster_name, action, generation, attempt, outcome, \
      started_at, ended_at, duration_ms, exit_code, signal, error, output_tail";
 
 fn from_row(row: &Row) -> rusqlite::Result<RunRecord> {
@@ -50,7 +51,7 @@ fn from_row(row: &Row) -> rusqlite::Result<RunRecord> {
 }
 
 /// Reads a row of `reconcile_runs` (selected with [`COLUMNS`]).
-fn run(r: &RowReader) -> RunRecord {
+pub(super) fn run(r: &RowReader) -> RunRecord {
     let integer = |column| r.integer(column).ok().flatten();
     RunRecord {
         id: r.key("id"),
@@ -79,14 +80,16 @@ fn narrow<T: TryFrom<i64>>(n: Option<i64>) -> Option<T> {
     n.and_then(|n| n.try_into().ok())
 }
 
-pub struct NewRun<'a> {
+/// A run that begins.
+#[derive(Debug, Clone)]
+pub struct NewRun {
     pub cluster_id: i64,
-    pub cluster_name: &'a str,
+    pub cluster_name: String,
     pub action: Action,
     pub generation: i64,
     pub attempt: u32,
     pub started_at: SystemTime,
-    pub process_tag: &'a str,
+    pub process_tag: String,
 }
 
 pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
@@ -109,14 +112,16 @@ pub fn insert(tx: &Transaction, run: &NewRun) -> StoreResult<i64> {
     Ok(tx.last_insert_rowid())
 }
 
-pub struct RunEnd<'a> {
+/// How a run ended, as its history row keeps it.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
     pub outcome: RunOutcome,
     pub ended_at: SystemTime,
     pub duration: Duration,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    pub error: Option<&'a str>,
-    pub output_tail: &'a [String],
+    pub error: Option<String>,
+    pub output_tail: Vec<String>,
     pub pgid: Option<i32>,
 }
 
@@ -200,21 +205,24 @@ pub struct Unfinished {
     pub process_tag: Option<String>,
 }
 
+/// Reads a row of unfinished runs (`id, cluster_id, cluster_name, action, process_tag`).
+pub(super) fn unfinished_run(r: &RowReader) -> Unfinished {
+    Unfinished {
+        id: r.key("id"),
+        cluster_id: r.integer("cluster_id").ok().flatten(),
+        cluster_name: r.text("cluster_name").unwrap_or_default(),
+        action: r.text("action").and_then(|a| a.parse().ok()),
+        process_tag: r.text("process_tag").filter(|t| !t.is_empty()),
+    }
+}
+
 pub fn unfinished(conn: &Connection) -> StoreResult<Vec<Unfinished>> {
     let mut stmt = conn.prepare(
         "SELECT id, cluster_id, cluster_name, action, process_tag
            FROM reconcile_runs WHERE ended_at IS NULL ORDER BY id",
     )?;
     let runs = stmt
-        .query_map([], |r| {
-            row::read(r, |r| Unfinished {
-                id: r.key("id"),
-                cluster_id: r.integer("cluster_id").ok().flatten(),
-                cluster_name: r.text("cluster_name").unwrap_or_default(),
-                action: r.text("action").and_then(|a| a.parse().ok()),
-                process_tag: r.text("process_tag").filter(|t| !t.is_empty()),
-            })
-        })?
+        .query_map([], |r| row::read(r, unfinished_run))?
         .collect::<Result<_, _>>()?;
     Ok(runs)
 }

@@ -54,6 +54,8 @@ impl Db {
         set(&mut row, column, value);
         let id = self.insert("clusters", &row);
         self.store
+            .sqlite()
+            .unwrap()
             .read_blocking(|c| clusters::by_id(c, id))
             .unwrap()
             .expect("the row is there")
@@ -78,6 +80,8 @@ impl Db {
         set(&mut row, column, value);
         self.insert("reconcile_runs", &row);
         self.store
+            .sqlite()
+            .unwrap()
             .read_blocking(|c| match column {
                 "cluster_name" => runs::latest_for_cluster(c, n as i64, &Action::ALL),
                 _ => Ok(runs::recent_for_name(c, &format!("r{n}"), 10)?.pop()),
@@ -368,7 +372,7 @@ fn no_odd_cluster_row_fails_a_query() {
         .execute_batch("UPDATE clusters SET change_seq = 'abc' WHERE name = 'c0'")
         .unwrap();
     let rows = db.rows;
-    let read = db.store.read_blocking(|c| {
+    let read = db.store.sqlite().unwrap().read_blocking(|c| {
         Ok((
             clusters::list(c)?,
             clusters::schedule_rows(c)?,
@@ -484,6 +488,8 @@ fn odd_run_rows_fail_neither_the_history_nor_the_recovery() {
     }
     let (history, latest, unfinished) = db
         .store
+        .sqlite()
+        .unwrap()
         .read_blocking(|c| {
             Ok((
                 runs::recent_for_name(c, "dev", 100)?,
@@ -508,7 +514,12 @@ fn odd_run_rows_fail_neither_the_history_nor_the_recovery() {
         runs::mark_interrupted(&tx, run.id, "interrupted").unwrap();
     }
     tx.commit().unwrap();
-    let left = db.store.read_blocking(runs::unfinished).unwrap();
+    let left = db
+        .store
+        .sqlite()
+        .unwrap()
+        .read_blocking(runs::unfinished)
+        .unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
 

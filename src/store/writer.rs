@@ -145,7 +145,7 @@ fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &Epoch, identity: &I
             match job {
                 Job::Write(w) => group.push(w),
                 Job::DataVersion(reply) => {
-                    let _ = reply.send(super::data_version(&conn));
+                    let _ = reply.send(super::sqlite::data_version(&conn));
                 }
             }
         }
@@ -179,7 +179,7 @@ fn serve(mut conn: Connection, queue: Receiver<Job>, epoch: &Epoch, identity: &I
                 match job {
                     Job::Write(w) => w.answer(&outcome),
                     Job::DataVersion(reply) => {
-                        let _ = reply.send(super::data_version(&conn));
+                        let _ = reply.send(super::sqlite::data_version(&conn));
                     }
                 }
             }

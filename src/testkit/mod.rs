@@ -10,6 +10,7 @@
 mod daemon;
 mod http;
 mod notify;
+pub mod postgres;
 mod process;
 
 pub use daemon::{clean_env, free_port, pass_socket, Daemon};
