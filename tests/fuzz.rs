@@ -2171,7 +2171,12 @@ enum Role {
 /// What every connection does first: 64 subscriptions (the cluster's tasks, then made-up
 /// ones), then one too many, refused with an error message; then what its role does.
 /// Returns the connection if it stays open.
-fn ws_client(port: u16, i: usize, role: Role, tasks: &[String]) -> Result<Option<Ws>, String> {
+fn ws_client(
+    port: u16,
+    (seed, i): (u64, usize),
+    role: Role,
+    tasks: &[String],
+) -> Result<Option<Ws>, String> {
     let mut ws = ws_open(port)?;
     for k in 0..MAX_SUBSCRIPTIONS {
         let id = tasks
@@ -2192,8 +2197,13 @@ fn ws_client(port: u16, i: usize, role: Role, tasks: &[String]) -> Result<Option
     match role {
         Role::Idle => {}
         Role::Garbage => {
+            let mut rng = Rng::new(seed, i as u64);
             let long_id = json!({"type": "subscribe", "task_id": "x".repeat(200)}).to_string();
+            let random: String = (0..rng.within(1, 300))
+                .map(|_| *rng.pick(&['{', '}', '"', ':', ',', '[', 'a', 't', 'y', 'p', 'e', ' ']))
+                .collect();
             let garbage = [
+                &random,
                 "not json",
                 r#"{"type":"subscribe"}"#,
                 r#"{"type":"subscribe","task_id":5}"#,
@@ -2205,7 +2215,7 @@ fn ws_client(port: u16, i: usize, role: Role, tasks: &[String]) -> Result<Option
             for g in garbage {
                 ws_send(&mut ws, g)?;
             }
-            ws.send(Message::binary(vec![0xff; 100]))
+            ws.send(Message::binary(rng.bytes(1, 1000)))
                 .map_err(|e| e.to_string())?;
             ws_send(&mut ws, &ping)?;
             let seen = read_until(&mut ws, is_pong)?;
@@ -2335,7 +2345,7 @@ fn websocket_floods_keep_health_answered_memory_flat_and_idle_cheap() {
                         } else {
                             [Role::Oversized, Role::BadFrame, Role::BadUtf8, Role::Closes][i % 4]
                         };
-                        match ws_client(port, i, role, &tasks) {
+                        match ws_client(port, (seed, i), role, &tasks) {
                             Ok(Some(ws)) => open.push(ws),
                             Ok(None) => {}
                             Err(e) => failures.push(format!("connection {i} ({role:?}): {e}")),
@@ -2393,10 +2403,19 @@ fn websocket_floods_keep_health_answered_memory_flat_and_idle_cheap() {
         started.elapsed().as_secs_f64(),
     );
     check_health("the WebSocket floods", &checked, seed);
+    // What a held WebSocket costs: its 64 subscriptions (a few KiB), a read buffer of
+    // 4 KiB, a write buffer as large as the largest task update, and the allocator's slack.
+    // (The library's default read buffer, 128 KiB resident, alone is more than the bound.)
+    let per_connection = rss[0].saturating_sub(rss_before) / held as u64;
     eprintln!(
-        "  RSS before the WebSockets {:.1} MiB; with {held} held: {:.1} MiB",
+        "  RSS before the WebSockets {:.1} MiB; with {held} held: {:.1} MiB, \
+         {per_connection} KiB each",
         rss_before as f64 / 1024.0,
         rss[0] as f64 / 1024.0
+    );
+    assert!(
+        per_connection <= 96,
+        "each held WebSocket costs kindler {per_connection} KiB of RSS"
     );
     check_rss("WebSockets held", &rss, seed);
     assert!(
