@@ -17,7 +17,8 @@
 //! mid-request; refused bodies. Each test prints its figures (requests, answers, the worst
 //! health latency, RSS, idle CPU) to stderr, and the seed of its random choices; every
 //! fuzzed request is made from the seed and its number alone, so `KINDLER_FUZZ_SEED`
-//! replays the requests of an earlier run (not their timing). For a longer run by hand,
+//! replays the requests of an earlier run of the same version of this file (not their
+//! timing). For a longer run by hand,
 //! `KINDLER_FUZZ_REQUESTS` sets the number of fuzzed requests, and the floods grow with it
 //! (up to ten times):
 //!
@@ -931,7 +932,10 @@ fn headers(r: &mut Req, rng: &mut Rng, port: u16, strict: bool) {
         ]);
         r.header("Connection", c);
     }
-    if rng.chance(4) {
+    // Not in a pipeline: a client that sends its body without the 100 Continue it asked
+    // for, to a request kindler answers without the body, sees the connection close after
+    // the answer (hyper cannot tell that body from the next request).
+    if !strict && rng.chance(4) {
         let e = *rng.pick(&["100-continue", "100-CONTINUE", "200-ok"]);
         r.header("Expect", e);
         r.note(format!("Expect {e}"));
