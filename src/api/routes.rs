@@ -28,7 +28,8 @@ use crate::store::time::Timestamp;
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Longest time a client may take to send its request body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Of a body too large, what is read and thrown away before the 413, and for how long.
+/// Of a body its handler leaves unread (one too large, a refused request's), what is read
+/// and thrown away before the answer, and for how long (see `discard_unread_body`).
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Runs shown by the history endpoint.
