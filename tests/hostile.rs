@@ -88,19 +88,6 @@ fn environment_settings_are_checked() {
     }
 }
 
-/// Raises this test process's open-files limit: it holds over a thousand sockets.
-fn room_for_sockets() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max.min(8192);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-}
-
 fn health_on_a_new_connection(port: u16) -> Result<common::Response, String> {
     common::try_request(port, "GET", "/api/health", None, 5 * SEC).map_err(|e| e.to_string())
 }
@@ -108,7 +95,7 @@ fn health_on_a_new_connection(port: u16) -> Result<common::Response, String> {
 #[test]
 fn idle_and_slow_connections_cannot_keep_a_new_client_out() {
     use std::io::{Read, Write};
-    room_for_sockets();
+    common::room_for_sockets();
     let env = Env::new();
     let _d = env.start(&[]);
     // 700 idle keep-alive connections (each made one request and keeps the connection),
@@ -164,7 +151,7 @@ fn websocket_connections_count_and_make_room_too() {
     use tokio_tungstenite::tungstenite::{
         client::client, protocol::frame::coding::CloseCode, Message,
     };
-    room_for_sockets();
+    common::room_for_sockets();
     let env = Env::new();
     let _d = env.start(&[]);
     let mut sockets = Vec::new();

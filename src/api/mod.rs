@@ -185,6 +185,15 @@ where
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
+            // A client may shut its side down once its request is sent. Without this, hyper
+            // takes the end of its stream, noticed while the handler awaits the store, for
+            // a client gone: it closes without an answer and drops the handler, which may
+            // have committed a declaration already but not yet rung the reconciler's bell
+            // (it then waited for the next rescan, up to resync_interval). With it, a
+            // handler runs to its answer, and only the write of the answer can fail.
+            // (Found by tests/fuzz.rs; an end of stream amid the head or body still ends
+            // the connection.)
+            .half_close(true)
             .keep_alive(true)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
