@@ -27,7 +27,8 @@ use crate::model::{Action, ActualState, ClusterName, DesiredState};
 
 /// How long a statement waits for another writer (a `sqlite3` user, say) before failing.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reader connections kept open; more readers wait for one to come back.
+/// Reader connections kept open for reuse; a read beyond them opens a connection of its own
+/// and closes it afterwards.
 const READERS: usize = 4;
 
 /// A handle to the database; cheap to clone.
