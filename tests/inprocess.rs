@@ -45,22 +45,24 @@ struct Call {
     at: Instant,
 }
 
-/// A fake runner: actions succeed unless told otherwise (per cluster, in order), and every
-/// call is recorded, with how many actions ran at once.
+/// A fake runner: actions succeed unless told otherwise (per cluster and action, in order),
+/// and every call is recorded, with how many actions ran at once.
 #[derive(Default)]
 struct Fake {
-    script: Mutex<HashMap<String, VecDeque<Behave>>>,
+    script: Mutex<HashMap<(String, Action), VecDeque<Behave>>>,
     calls: Mutex<Vec<Call>>,
     running: Mutex<(usize, usize)>, // now, most at once
     cancelled: Mutex<Vec<String>>,
 }
 
 impl Fake {
-    fn will(&self, cluster: &str, behaviours: &[Behave]) {
-        self.script
-            .lock()
-            .unwrap()
-            .insert(cluster.into(), behaviours.iter().copied().collect());
+    /// How the next `action`s of `cluster` behave. Keyed by action too: a hang meant for a
+    /// create that never started must not be taken by the delete that follows it.
+    fn will(&self, cluster: &str, action: Action, behaviours: &[Behave]) {
+        self.script.lock().unwrap().insert(
+            (cluster.into(), action),
+            behaviours.iter().copied().collect(),
+        );
     }
 
     fn calls(&self, cluster: &str, action: Action) -> Vec<Instant> {
@@ -91,16 +93,13 @@ impl Runner for FakeRunner {
             action: plan.action,
             at: Instant::now(),
         });
-        let behave = match plan.action {
-            Action::Probe => Behave::Succeed,
-            _ => fake
-                .script
-                .lock()
-                .unwrap()
-                .get_mut(&cluster)
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(Behave::Succeed),
-        };
+        let behave = fake
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&(cluster.clone(), plan.action))
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Behave::Succeed);
         Box::pin(async move {
             {
                 let mut r = fake.running.lock().unwrap();
@@ -226,7 +225,8 @@ impl Drop for World {
 async fn failures_back_off_exponentially_on_the_clock_that_is_paused() {
     let w = World::start(&["--backoff-initial", "1m", "--backoff-max", "10m"]).await;
     use Behave::*;
-    w.fake.will("flaky", &[Fail, Fail, Fail, Succeed]);
+    w.fake
+        .will("flaky", Action::Create, &[Fail, Fail, Fail, Succeed]);
     let t0 = Instant::now();
     w.declare("flaky").await;
     w.until_state("flaky", "running", 30 * 60 * SEC).await;
@@ -252,7 +252,7 @@ async fn at_most_the_cap_runs_and_one_action_per_cluster() {
     let w = World::start(&["--max-concurrent-actions", "2"]).await;
     for i in 0..5 {
         let name = format!("c{i}");
-        w.fake.will(&name, &[Behave::Hang]);
+        w.fake.will(&name, Action::Create, &[Behave::Hang]);
         w.declare(&name).await;
     }
     // Two creates hang: the other three wait for a slot, however long.
