@@ -14,14 +14,7 @@ use crate::Res;
 pub fn new_store(dir: &Path) -> Res<PathBuf> {
     let db = dir.join("kindler.db");
     let out = Command::new(bin())
-        .args([
-            "migrate",
-            "--config",
-            "/dev/null",
-            "--log-target",
-            "stderr",
-            "--database",
-        ])
+        .args(["migrate", "--config", "/dev/null", "--database"])
         .arg(&db)
         .env_remove("KINDLER_DATABASE")
         .stdin(Stdio::null())
