@@ -400,8 +400,9 @@ some_settings! {
 }
 
 some_settings! {
-    /// What `migrate` uses: the database.
-    MigrateSettingArgs: database, log_level
+    /// What `migrate` uses: the database (with --to, the host its clusters are copied as,
+    /// and the password of the PostgreSQL database they are copied into).
+    MigrateSettingArgs: database, database_password_file, host, log_level
 }
 
 /// Builds [`Settings`] from the parsed command line, reading the file each time it is

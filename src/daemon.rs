@@ -17,6 +17,7 @@ use crate::config::{Loader, Settings};
 use crate::fleet;
 use crate::log::{self, ids, Event, Priority};
 use crate::reconciler::{Mode, PassReport, Reconciler};
+use crate::store::copy::{self, Copied};
 use crate::store::postgres::connect;
 use crate::store::{Database, LeaseAttempt, Store, StoreError};
 use crate::systemd::{self, Listener};
@@ -84,8 +85,13 @@ pub struct Opened {
     _lock: Option<DatabaseLock>,
 }
 
-/// Opens the store (locking a file first), reporting the migrations applied.
-pub async fn open_store(settings: &Settings) -> Result<Opened, Fatal> {
+/// Opens the store (locking a file first), reporting the migrations applied. With `wait`,
+/// a PostgreSQL server that cannot be reached yet is waited for until it is cancelled (the
+/// daemon); without, that fails at once (the one-shot commands).
+pub async fn open_store(
+    settings: &Settings,
+    wait: Option<&CancellationToken>,
+) -> Result<Opened, Fatal> {
     let failed = |e: StoreError| Fatal::new(1, format!("{}: {e}", settings.database));
     let (store, applied, lock) = match &settings.database {
         Database::Sqlite(path) => {
@@ -96,9 +102,11 @@ pub async fn open_store(settings: &Settings) -> Result<Opened, Fatal> {
         Database::Postgres(url) => {
             let password = connect::password(settings.database_password_file.as_deref())
                 .map_err(|e| Fatal::new(78, e))?;
-            let (store, applied) = Store::open_postgres(url, password, &settings.host)
-                .await
-                .map_err(failed)?;
+            let (store, applied) = match wait {
+                Some(stop) => open_postgres(url, password, &settings.host, stop).await,
+                None => Store::open_postgres(url, password, &settings.host).await,
+            }
+            .map_err(failed)?;
             (store, applied, None)
         }
     };
@@ -111,6 +119,102 @@ pub async fn open_store(settings: &Settings) -> Result<Opened, Fatal> {
     Ok(Opened { store, _lock: lock })
 }
 
+/// `kindler migrate --to URL`: copies the SQLite database the settings name (clusters and
+/// history) into the PostgreSQL database at `url`, as the clusters of host `host`, after
+/// bringing both schemas up to date. The file is locked meanwhile: no daemon may change it
+/// under the copy. Returns what was copied.
+pub async fn copy_to_postgres(settings: &Settings, url: &str) -> Result<Copied, Fatal> {
+    let Database::Sqlite(path) = &settings.database else {
+        return Err(Fatal::new(
+            2,
+            "migrate --to copies an SQLite database: set --database to its file, not to a \
+             PostgreSQL URL",
+        ));
+    };
+    if !matches!(Database::parse(url), Database::Postgres(_)) {
+        return Err(Fatal::new(
+            2,
+            format!("--to needs a postgres:// URL, not {url:?}"),
+        ));
+    }
+    // A mistyped path must not become an empty database that is copied as "nothing".
+    if !path.is_file() {
+        return Err(Fatal::new(
+            1,
+            format!("{}: no such database file to copy", path.display()),
+        ));
+    }
+    let source = open_store(settings, None).await?;
+    let password = connect::password(settings.database_password_file.as_deref())
+        .map_err(|e| Fatal::new(78, e))?;
+    let shown = connect::redact(url);
+    let (target, applied) = Store::open_postgres(url, password, &settings.host)
+        .await
+        .map_err(|e| Fatal::new(1, format!("{shown}: {e}")))?;
+    for m in applied {
+        log::info(&format!(
+            "database {shown}: applied migration {:04} ({})",
+            m.version, m.name
+        ));
+    }
+    let (Some(from), Some(to)) = (source.store.sqlite(), target.postgres()) else {
+        unreachable!("the source is a file and the target a PostgreSQL database");
+    };
+    copy::sqlite_to_postgres(from, to, &settings.host)
+        .await
+        .map_err(|e| {
+            Fatal::new(
+                1,
+                format!("cannot copy {} into {shown}: {e}", path.display()),
+            )
+        })
+}
+
+/// While PostgreSQL cannot be reached, another try after this, doubling up to the most.
+const DATABASE_RETRY_FIRST: Duration = Duration::from_millis(250);
+const DATABASE_RETRY_MOST: Duration = Duration::from_secs(10);
+
+/// Connects to PostgreSQL, waiting for a server that cannot be reached (not started yet
+/// at boot, restarting, failing over) rather than exiting into systemd's restart limit:
+/// the wait is in STATUS and once in the journal, and systemd's start timeout is extended
+/// while it lasts. Refusals (a wrong password, a missing database) end it at once.
+async fn open_postgres(
+    url: &str,
+    password: Option<String>,
+    host: &str,
+    stop: &CancellationToken,
+) -> Result<(Store, Vec<crate::store::Migration>), StoreError> {
+    let mut retry = DATABASE_RETRY_FIRST;
+    let mut said = false;
+    loop {
+        let error = match Store::open_postgres(url, password.clone(), host).await {
+            Err(e) if e.is_unreachable() => e,
+            done => {
+                if said && done.is_ok() {
+                    log::info(&format!("database {}: reached", connect::redact(url)));
+                }
+                return done;
+            }
+        };
+        let why = format!(
+            "waiting for the database {}: {error}; trying again in {}",
+            connect::redact(url),
+            humantime::format_duration(retry)
+        );
+        systemd::status(&why);
+        systemd::extend_timeout(retry + Duration::from_secs(30));
+        if !said {
+            Event::new(Priority::Warning, why).emit();
+            said = true;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Err(error),
+            _ = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(DATABASE_RETRY_MOST);
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. `activated` are the sockets systemd passed.
 pub async fn serve(
     loader: Loader,
@@ -119,9 +223,12 @@ pub async fn serve(
 ) -> Result<(), Fatal> {
     // Signals are caught from the start: a SIGTERM that arrives while the first request is
     // served must stop kindler the orderly way, not kill it.
-    let signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| Fatal::new(1, format!("cannot handle signals: {e}")))?;
-    let opened = open_store(&settings).await?;
+    let Some(opened) = open_store_or_stop(&settings, &mut signals).await? else {
+        log::info("stopped while waiting for the database; kindler stopped");
+        return Ok(());
+    };
     let listeners = if activated.is_empty() {
         systemd::bind(settings.listen, settings.listen_unix.as_deref())
             .map_err(|e| Fatal::new(1, e.to_string()))?
@@ -197,6 +304,32 @@ pub async fn serve(
     Ok(())
 }
 
+/// The daemon's store, waited for until a stop signal (`None` then). A SIGHUP meanwhile
+/// changes nothing: the settings are read again once the daemon runs.
+async fn open_store_or_stop(
+    settings: &Settings,
+    signals: &mut signal_hook_tokio::Signals,
+) -> Result<Option<Opened>, Fatal> {
+    let stop = CancellationToken::new();
+    let open = open_store(settings, Some(&stop));
+    tokio::pin!(open);
+    loop {
+        tokio::select! {
+            opened = &mut open => {
+                return match opened {
+                    Err(_) if stop.is_cancelled() => Ok(None),
+                    opened => opened.map(Some),
+                };
+            }
+            Some(signal) = signals.next() => {
+                if signal != SIGHUP {
+                    stop.cancel();
+                }
+            }
+        }
+    }
+}
+
 /// `kindler reconcile --once`: one pass over the store, then exit.
 pub async fn reconcile_once(settings: Settings) -> Result<PassReport, Fatal> {
     // Only `serve` and `migrate` create a database: a mistyped path here would otherwise
@@ -211,7 +344,7 @@ pub async fn reconcile_once(settings: Settings) -> Result<PassReport, Fatal> {
             ),
         ));
     }
-    let opened = open_store(&settings).await?;
+    let opened = open_store(&settings, None).await?;
     let ttl = settings.lease_ttl;
     let host = settings.host.clone();
     match opened.store.acquire_lease(ttl).await {

@@ -120,9 +120,14 @@ enum Command {
         #[command(flatten)]
         settings: PassSettingArgs,
     },
-    /// Create or upgrade the database schema, then exit.
-    #[command(after_help = PASS_NOTES)]
+    /// Create or upgrade the database schema, then exit; with --to, copy an SQLite
+    /// database into PostgreSQL.
+    #[command(after_help = MIGRATE_NOTES)]
     Migrate {
+        /// Copy the SQLite database (--database) into this PostgreSQL database, as the
+        /// clusters of --host: their states, history and times, in one transaction.
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
         #[command(flatten)]
         settings: MigrateSettingArgs,
     },
@@ -187,6 +192,20 @@ and checked, and ignored.
 Exit status: 0 done; 1 an action failed, or another kindler holds the database; 2 for a
 usage error; 78 when the configuration cannot be used.";
 
+const MIGRATE_NOTES: &str = "\
+Only one kindler works on a database at a time: this refuses to run beside a running
+daemon. On a packaged host run it as the service's user: sudo -u kindler kindler ...
+
+Moving a host to a fleet's PostgreSQL database: stop kindler, then
+  sudo -u kindler kindler migrate --to postgres://kindler@db.example/kindler
+(the password from --database-password-file or the kindler-db-password credential), set
+database = \"postgres://...\" in kindler.toml and start kindler again. The copy is refused,
+with nothing written, when a row of the file cannot be read or the PostgreSQL database
+already holds this host's clusters or clusters of the same names. The file is left as it was.
+
+Exit status: 0 done; 1 the copy or migration failed, or another kindler holds the database;
+2 for a usage error; 78 when the configuration cannot be used.";
+
 const COMPLETION_NOTES: &str = "\
 The package installs them; by hand:
   kindler completions bash > ~/.local/share/bash-completion/completions/kindler
@@ -209,7 +228,7 @@ fn main() {
     let status = match cli.command {
         Command::Serve { settings } => serve(Loader::new(settings)),
         Command::Reconcile { once, settings } => reconcile(once, Loader::new(settings.0)),
-        Command::Migrate { settings } => migrate(Loader::new(settings.0)),
+        Command::Migrate { to, settings } => migrate(to, Loader::new(settings.0)),
         Command::Ls { args, server } => cli::run(&server, cli::Request::List(args)),
         Command::Get { args, server } => cli::run(&server, cli::Request::Get(args)),
         Command::Create { args, server } => cli::run(&server, cli::Request::Create(args)),
@@ -315,13 +334,25 @@ fn reconcile(once: bool, loader: Loader) -> i32 {
     })())
 }
 
-fn migrate(loader: Loader) -> i32 {
+fn migrate(to: Option<String>, loader: Loader) -> i32 {
     report((|| {
         let settings = load(&loader)?;
         log::init(config::LogTarget::Stderr, settings.log_level);
+        if let Some(url) = to {
+            let copied = runtime().block_on(daemon::copy_to_postgres(&settings, &url))?;
+            log::info(&format!(
+                "copied {} clusters and {} runs from {} into {} as host {}",
+                copied.clusters,
+                copied.runs,
+                settings.database,
+                kindler::store::Database::parse(&url),
+                settings.host
+            ));
+            return Ok(0);
+        }
         // Not under a running daemon (open_store locks a file): a newer schema would change
         // its tables beneath it. PostgreSQL's migrations take an advisory lock instead.
-        runtime().block_on(daemon::open_store(&settings))?;
+        runtime().block_on(daemon::open_store(&settings, None))?;
         log::info(&format!("database {} is up to date", settings.database));
         Ok(0)
     })())

@@ -8,6 +8,7 @@
 //! lease.
 
 pub mod clusters;
+pub mod copy;
 mod identity;
 mod migrate;
 pub mod ports;
@@ -110,6 +111,22 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// The database could not be reached (rather than refusing what was asked): worth
+    /// waiting for.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Unreachable(_) => true,
+            StoreError::Postgres(e) => match e.as_db_error() {
+                // The server is starting up, shutting down or out of connections.
+                Some(db) => matches!(db.code().code(), "57P03" | "57P01" | "53300"),
+                None => true,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// What a failed statement means to the user: a lock held by another program and a full
@@ -345,6 +362,14 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => Some(s),
             Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL backend, when it is the one.
+    pub fn postgres(&self) -> Option<&Postgres> {
+        match &self.backend {
+            Backend::Postgres(p) => Some(p),
+            Backend::Sqlite(_) => None,
         }
     }
 

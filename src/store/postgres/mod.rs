@@ -162,6 +162,11 @@ impl Postgres {
         Ok(self.inner.pool.get().await?)
     }
 
+    /// A pooled connection for a transaction of the store's own (`copy.rs`).
+    pub(in crate::store) async fn pooled(&self) -> StoreResult<Object> {
+        self.client().await
+    }
+
     /// Begins a transaction on a pooled connection (see [`Tx`]).
     async fn begin(&self) -> StoreResult<Tx> {
         let client = self.client().await?;
