@@ -39,12 +39,30 @@ impl Target {
         Target { pgid: None, tag }
     }
 
-    /// Live (non-zombie) processes of the target, not counting this daemon.
+    /// Live (non-zombie) processes of the target, not counting this daemon: its group,
+    /// whatever carries its tag, and the members of the tagged processes' groups. The last
+    /// finds a process that dropped the tag (`sudo`, `env -u`) but stayed in the group of
+    /// a tagged one, as when a restarted daemon ends what a dead one left: it knows the
+    /// tag, not the group. A group that holds a tagged process now is the run's (the id
+    /// cannot be reused while that member lives); this daemon's own group never is.
     pub fn live(&self) -> Vec<i32> {
         let needle = format!("{TAG_VAR}={}", self.tag);
-        live_processes()
-            .filter(|(pid, st)| Some(st.pgrp) == self.pgid || has_env(*pid, needle.as_bytes()))
-            .map(|(pid, _)| pid)
+        let own_group = nix::unistd::getpgrp().as_raw();
+        let all: Vec<(i32, i32, bool)> = live_processes()
+            .map(|(pid, st)| (pid, st.pgrp, has_env(pid, needle.as_bytes())))
+            .collect();
+        let mut groups: Vec<i32> = all
+            .iter()
+            .filter(|(_, _, tagged)| *tagged)
+            .map(|(_, pgrp, _)| *pgrp)
+            .chain(self.pgid)
+            .filter(|g| *g > 1 && *g != own_group)
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        all.into_iter()
+            .filter(|(_, pgrp, tagged)| *tagged || groups.binary_search(pgrp).is_ok())
+            .map(|(pid, _, _)| pid)
             .collect()
     }
 
