@@ -618,7 +618,35 @@ fn a_rebound_dns_name_cannot_reach_the_api_but_configured_names_can() {
         "Origin: https://other.example\r\n",
     );
     assert_eq!(r.status, 403, "{r:?}");
-    // The unix socket is exempt: only root and the group kindler can open it.
+}
+
+#[test]
+fn the_unix_socket_is_exempt_from_the_web_page_guards() {
+    // Only root and the group kindler can open it: no web page reaches it, so what a page
+    // could send over TCP (another site's Origin, a rebound Host, a text/plain body) is
+    // refused there and taken here.
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let served = env.start_listening(&[]);
+    let body = r#"{"name":"viaunix","provider":"k3d"}"#;
+    let raw = format!(
+        "POST /api/clusters HTTP/1.1\r\nHost: evil.example\r\nOrigin: http://evil.example\r\n\
+         Connection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let tcp = send_raw(served.port, raw.as_bytes(), 5 * SEC).unwrap();
+    assert_eq!(tcp.status, 403, "over TCP: {tcp:?}");
+    let mut unix = std::os::unix::net::UnixStream::connect(&served.sock).unwrap();
+    unix.set_read_timeout(Some(5 * SEC)).unwrap();
+    unix.write_all(raw.as_bytes()).unwrap();
+    let mut answer = String::new();
+    unix.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 202"),
+        "over the unix socket: {answer}"
+    );
+    let r = common::request(served.port, "GET", "/api/clusters/viaunix", None);
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]

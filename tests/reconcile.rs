@@ -423,7 +423,12 @@ fn a_sigkilled_daemon_leaves_nothing_stuck() {
 
     env.mode("create", "ok");
     let d2 = env.start(&[]);
-    env.await_state("crash", "running", 10 * SEC);
+    let c = env.await_state("crash", "running", 10 * SEC);
+    assert_eq!(
+        c["reconcile_error"],
+        serde_json::Value::Null,
+        "the redo that succeeded cleared the interruption's error: {c}"
+    );
     eventually(5 * SEC, "the orphans to be ended", || {
         env.alive("create-crash").is_empty().then_some(())
     });

@@ -207,7 +207,7 @@ fn a_run_whose_end_cannot_be_recorded_is_recorded_once_the_store_takes_writes() 
 fn a_cluster_whose_delete_never_succeeds_can_be_forgotten() {
     let env = Env::new();
     env.mode("delete", "fail");
-    let _d = env.start(&[]);
+    let d = env.start(&[]);
     declare(&env, "dev");
     env.await_state("dev", "running", 10 * SEC);
     assert_eq!(env.request("DELETE", "/api/clusters/dev", None).status, 202);
@@ -225,6 +225,13 @@ fn a_cluster_whose_delete_never_succeeds_can_be_forgotten() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["status"], "forgotten");
     assert!(env.cluster("dev").is_none());
+    // An explicit, logged operation: the journal says who did what.
+    eventually(5 * SEC, "the forget in the journal", || {
+        d.log_text()
+            .lines()
+            .any(|l| l.contains("forgotten") && l.contains("[cluster=dev"))
+            .then_some(())
+    });
     let history = env.get("/api/clusters/dev/history").json();
     assert!(
         !history.as_array().unwrap().is_empty(),
@@ -456,4 +463,37 @@ fn sighup_with_a_fifo_at_the_configuration_path_blocks_nothing() {
     assert_eq!(env.get("/api/config").json()["base_domain"], "before");
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(5 * SEC).expect("stops promptly").success());
+}
+
+#[test]
+fn a_change_feed_that_cannot_be_read_makes_health_503_until_it_can() {
+    let env = Env::new();
+    let d = env.start(&[]);
+    declare(&env, "before");
+    env.await_state("before", "running", 10 * SEC);
+    // Another program breaks the table the feed is read from.
+    env.sqlite("ALTER TABLE clusters RENAME COLUMN change_seq TO change_seq_moved");
+    let health = eventually(10 * SEC, "health to say the feed cannot be read", || {
+        let r = env.get("/api/health");
+        (r.status == 503 && r.text.contains("change_feed")).then_some(r)
+    });
+    assert!(
+        detail(&health).contains("cannot read new declarations"),
+        "{health:?}"
+    );
+    // One error event for the cause, not one per poll.
+    std::thread::sleep(SEC);
+    let events = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("cannot read new declarations"))
+        .count();
+    assert_eq!(events, 1, "{}", d.log_text());
+
+    env.sqlite("ALTER TABLE clusters RENAME COLUMN change_seq_moved TO change_seq");
+    eventually(10 * SEC, "health to recover", || {
+        (env.get("/api/health").status == 200).then_some(())
+    });
+    declare(&env, "after");
+    env.await_state("after", "running", 10 * SEC);
 }
