@@ -8,7 +8,8 @@
 //! the file lock plays the lease's part and all of this is a no-op.
 //!
 //! Every renewal also looks at the other hosts: one whose lease ran out is reported once
-//! (journal, health's `unreachable_hosts`), and its clusters show `host_reachable: false`.
+//! (journal, health's `unreachable_hosts`), its clusters show `host_reachable: false`, and
+//! `/metrics` has `kindler_fleet_host_reachable{host}` (0) for as long as it lasts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -129,6 +130,15 @@ async fn watch_hosts(app: &AppRef, seen: &mut BTreeMap<String, bool>) {
     };
     let mut changed = false;
     for h in &hosts {
+        let metrics = &crate::metrics::METRICS;
+        metrics
+            .fleet_host_reachable
+            .with_label_values(&[h.name.as_str()])
+            .set(i64::from(h.reachable));
+        metrics
+            .fleet_host_clusters
+            .with_label_values(&[h.name.as_str()])
+            .set(h.clusters);
         let before = seen.insert(h.name.clone(), h.reachable);
         if before == Some(h.reachable) {
             continue;

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub change_feed_lag_seconds: prometheus::Gauge,
     pub reconciler_heartbeat_age_seconds: prometheus::Gauge,
     pub health_problems: IntGaugeVec,
+    // Set by the agent each time it looks at the fleet's hosts (fleet.rs).
+    pub fleet_host_reachable: IntGaugeVec,
+    pub fleet_host_clusters: IntGaugeVec,
     // Published by the reconciler, read at scrape time.
     waiting: AtomicI64,
     /// Since when (ms since the epoch) the oldest due cluster waits for a slot; 0: none.
@@ -201,6 +204,23 @@ impl Metrics {
                 &["cause"],
             )
             .expect("a valid metric"),
+            fleet_host_reachable: IntGaugeVec::new(
+                Opts::new(
+                    "kindler_fleet_host_reachable",
+                    "Hosts of a fleet sharing PostgreSQL: 1 while the host's agent holds its \
+                     lease, 0 once it ran out (nobody acts on the host's clusters then)",
+                ),
+                &["host"],
+            )
+            .expect("a valid metric"),
+            fleet_host_clusters: IntGaugeVec::new(
+                Opts::new(
+                    "kindler_fleet_host_clusters",
+                    "Clusters on each host of a fleet",
+                ),
+                &["host"],
+            )
+            .expect("a valid metric"),
             waiting: AtomicI64::new(0),
             waiting_since_ms: AtomicI64::new(0),
             feed_cursor: AtomicI64::new(-1),
@@ -233,6 +253,8 @@ impl Metrics {
             Box::new(self.change_feed_lag_seconds.clone()),
             Box::new(self.reconciler_heartbeat_age_seconds.clone()),
             Box::new(self.health_problems.clone()),
+            Box::new(self.fleet_host_reachable.clone()),
+            Box::new(self.fleet_host_clusters.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");

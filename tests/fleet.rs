@@ -182,6 +182,11 @@ fn a_second_agent_for_a_host_waits_and_a_killed_agent_s_host_shows_unreachable_u
         let text = agents[0].env.get("/api/health").text;
         text.contains("unreachable_hosts").then_some(())
     });
+    eventually(10 * SEC, "a's /metrics to show b unreachable", || {
+        let text = agents[0].env.get("/metrics").text;
+        text.contains("kindler_fleet_host_reachable{host=\"b\"} 0")
+            .then_some(())
+    });
     assert!(
         agents[0].log().contains("host b is unreachable"),
         "{}",
@@ -195,6 +200,11 @@ fn a_second_agent_for_a_host_waits_and_a_killed_agent_s_host_shows_unreachable_u
     eventually(15 * SEC, "k1's host to be back", || {
         let c = agents[0].env.cluster("k1")?;
         (c["host_reachable"] == true).then_some(())
+    });
+    eventually(10 * SEC, "a's /metrics to show b back", || {
+        let text = agents[0].env.get("/metrics").text;
+        text.contains("kindler_fleet_host_reachable{host=\"b\"} 1")
+            .then_some(())
     });
     let answer = agents[0].env.post("/api/clusters/k1/stop", "");
     assert_eq!(answer.status, 202, "{answer:?}");
