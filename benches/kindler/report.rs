@@ -10,9 +10,11 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+#[derive(Clone, Copy)]
 pub enum Goal {
     Below(f64),
     AtLeast(f64),
+    /// A figure beside the judged ones (p50 next to a judged p99): no target.
     Info,
 }
 
