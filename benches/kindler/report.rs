@@ -16,6 +16,8 @@ pub enum Goal {
     AtLeast(f64),
     /// A figure beside the judged ones (p50 next to a judged p99): no target.
     Info,
+    /// A figure the issue sets no target for: "shown" in the target column, not judged.
+    Shown,
 }
 
 struct Row {
@@ -66,6 +68,7 @@ impl Table {
                 if value >= floor { "ok" } else { "MISSED" },
             ),
             Goal::Info => (String::new(), ""),
+            Goal::Shown => ("shown".to_owned(), ""),
         };
         if verdict == "MISSED" {
             self.missed += 1;
