@@ -1,6 +1,7 @@
 //! The benchmarked daemons: their settings, their folders, and their API as the
 //! measurements call it.
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
@@ -53,14 +54,14 @@ impl Ctx {
     }
 
     /// The settings every benchmarked daemon runs with: defaults, except that every
-    /// command is the stand-in and logs go to stderr.
-    pub fn base_args(&self, db: &Path) -> Vec<String> {
+    /// command is the stand-in and logs go to stderr. `db` is a file or a postgres:// URL.
+    pub fn base_args(&self, db: impl AsRef<OsStr>) -> Vec<String> {
         let exe = self.exe.to_str().expect("a UTF-8 path").to_owned();
         let mut args: Vec<String> = ["serve", "--config", "/dev/null", "--database"]
             .iter()
             .map(|s| s.to_string())
             .collect();
-        args.push(db.to_str().expect("a UTF-8 path").to_owned());
+        args.push(db.as_ref().to_str().expect("a UTF-8 path").to_owned());
         for c in ["create", "delete", "start", "stop", "probe"] {
             args.push(format!("--{c}-command"));
             args.push(exe.clone());
@@ -85,7 +86,7 @@ impl Ctx {
     pub fn daemon(
         &self,
         dir: &Path,
-        db: &Path,
+        db: impl AsRef<OsStr>,
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Res<Bench> {

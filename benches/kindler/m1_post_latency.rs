@@ -14,22 +14,42 @@ use crate::store::new_store;
 use crate::Res;
 
 pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
-    let n = if ctx.quick { 40 } else { 200 };
+    let n = declarations(ctx);
     let dir = ctx.dir("post-latency")?;
     let db = new_store(&dir)?;
     let rec = Records::bind(&dir)?;
     let d = ctx.daemon(&dir, &db, &[], &[("BENCH_STANDIN_SOCKET", rec.path_str())])?;
-    let mut http = connect(d.port)?;
+    let lat = latencies(d.port, &rec, n, "lat", cluster_body)?;
+    let what = format!("POST returned → create script started ({n} declarations)");
+    rows(t, "1", &what, &lat, Goal::Below(20.0), Goal::Info);
+    Ok(())
+}
+
+/// How many declarations are timed.
+pub fn declarations(ctx: &Ctx) -> usize {
+    if ctx.quick {
+        40
+    } else {
+        200
+    }
+}
+
+/// `n` declarations of clusters PREFIX1 … PREFIXn (`body` of name and number), 20 ms apart,
+/// on one keep-alive connection to `port`, after PREFIX0, which warms up (first spawn,
+/// first write) and is not counted. Returns the times from the client having each 202 to
+/// the create script's start (reported to `rec`), in ms, sorted.
+pub fn latencies(
+    port: u16,
+    rec: &Records,
+    n: usize,
+    prefix: &str,
+    body: impl Fn(&str, usize) -> String,
+) -> Res<Vec<f64>> {
+    let mut http = connect(port)?;
     let mut returned = HashMap::new();
-    // Declaration 0 warms up (first spawn, first write) and is not counted.
     for i in 0..=n {
-        let name = format!("lat{i}");
-        let r = call(
-            &mut http,
-            "POST",
-            "/api/clusters",
-            Some(&cluster_body(&name, i)),
-        )?;
+        let name = format!("{prefix}{i}");
+        let r = call(&mut http, "POST", "/api/clusters", Some(&body(&name, i)))?;
         let at = now_ns();
         if r.status != 202 {
             return Err(format!("POST {name}: {r:?}"));
@@ -37,10 +57,12 @@ pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
         returned.insert(name, at);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let creates = rec.wait(|r| r.action == "create", n + 1, Duration::from_secs(30))?;
+    let ours = |r: &crate::standin::Rec| r.action == "create" && returned.contains_key(&r.cluster);
+    let creates = rec.wait(ours, n + 1, Duration::from_secs(30))?;
+    let warm_up = format!("{prefix}0");
     let mut lat: Vec<f64> = creates
         .iter()
-        .filter(|r| r.cluster != "lat0")
+        .filter(|r| r.cluster != warm_up)
         .filter_map(|r| {
             let back = *returned.get(&r.cluster)?;
             Some((r.ns as i128 - back as i128) as f64 / 1e6)
@@ -50,27 +72,18 @@ pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
         return Err(format!("{} of {n} create starts matched a POST", lat.len()));
     }
     lat.sort_by(f64::total_cmp);
-    let what = format!("POST returned → create script started ({n} declarations)");
-    t.figure(
-        "1",
-        &format!("{what}, p50"),
-        pct(&lat, 50.0),
-        "ms",
-        Goal::Info,
-    );
-    t.figure(
-        "1",
-        &format!("{what}, p99"),
-        pct(&lat, 99.0),
-        "ms",
-        Goal::Below(20.0),
-    );
-    t.figure(
-        "1",
-        &format!("{what}, max"),
-        pct(&lat, 100.0),
-        "ms",
-        Goal::Info,
-    );
-    Ok(())
+    Ok(lat)
+}
+
+/// The p50, p99 (judged by `p99`) and max rows of sorted latencies; `others` judges p50
+/// and max.
+pub fn rows(t: &mut Table, id: &str, what: &str, lat: &[f64], p99: Goal, others: Goal) {
+    let points = [
+        ("p50", 50.0, others),
+        ("p99", 99.0, p99),
+        ("max", 100.0, others),
+    ];
+    for (name, p, goal) in points {
+        t.figure(id, &format!("{what}, {name}"), pct(lat, p), "ms", goal);
+    }
 }

@@ -14,7 +14,7 @@ use kindler::testkit::Response;
 
 use crate::bare::{versus, Answer, Bare};
 use crate::harness::{
-    call, cluster_body, connect, http_once, which, which_path, Ctx, MANIFEST_DIR,
+    call, cluster_body, connect, http_once, which, which_path, Bench, Ctx, MANIFEST_DIR,
 };
 use crate::report::{show, Goal, Table};
 use crate::store::{add_clusters, count, new_store};
@@ -22,7 +22,7 @@ use crate::wrk::{wrk, WrkResult};
 use crate::Res;
 
 pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
-    let secs = if ctx.quick { 1 } else { 5 };
+    let secs = wrk_secs(ctx);
     which("wrk", "apt-get install wrk")?;
     let accepted = reads(ctx, t, secs)?;
     // Declarations measured twice: with scripts that take as long as real ones do (the
@@ -82,24 +82,54 @@ pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
     Ok(())
 }
 
+/// How long each wrk run lasts.
+pub fn wrk_secs(ctx: &Ctx) -> u64 {
+    if ctx.quick {
+        1
+    } else {
+        5
+    }
+}
+
+/// The reads measured: what, its path (on a store of clusters c0 … c99) and the floor of
+/// its rate; each with 1 and 32 connections ([`CONNS`]).
+pub const READS: [(&str, &str, f64); 2] = [
+    ("GET /api/clusters/{name}", "/api/clusters/c42", 20_000.0),
+    ("GET /api/clusters (100 clusters)", "/api/clusters", 8_000.0),
+];
+pub const CONNS: [u32; 2] = [1, 32];
+
+/// A daemon on a new SQLite store of 100 converged clusters (c0 … c99), and its answer to
+/// `GET /api/clusters`.
+pub fn read_store(ctx: &Ctx, name: &str) -> Res<(Bench, Response)> {
+    let dir = ctx.dir(name)?;
+    let db = new_store(&dir)?;
+    add_clusters(&db, "c", 0, 100, "running")?;
+    let d = ctx.daemon(&dir, &db, &[], &[])?;
+    let list = list_of(d.port, 100)?;
+    Ok((d, list))
+}
+
+/// `GET /api/clusters`, checked to list `n` clusters.
+pub fn list_of(port: u16, n: usize) -> Res<Response> {
+    let list = http_once(port, "GET", "/api/clusters")?;
+    let listed = serde_json::from_str::<serde_json::Value>(&list.text)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len));
+    if list.status != 200 || listed != Some(n) {
+        return Err(format!(
+            "GET /api/clusters: {}, {listed:?} clusters, not {n}",
+            list.status
+        ));
+    }
+    Ok(list)
+}
+
 /// The reads, against kindler and the bare server in turns. Returns kindler's answer to
 /// a declaration, for the bare server of the declarations: taken last, so that the reads
 /// saw 100 clusters.
 fn reads(ctx: &Ctx, t: &mut Table, secs: u64) -> Res<Response> {
-    let dir = ctx.dir("api-get")?;
-    let db = new_store(&dir)?;
-    add_clusters(&db, "c", 0, 100, "running")?;
-    let d = ctx.daemon(&dir, &db, &[], &[])?;
-    let list = http_once(d.port, "GET", "/api/clusters")?;
-    let listed = serde_json::from_str::<serde_json::Value>(&list.text)
-        .ok()
-        .and_then(|v| v.as_array().map(Vec::len));
-    if list.status != 200 || listed != Some(100) {
-        return Err(format!(
-            "GET /api/clusters: {}, {listed:?} clusters",
-            list.status
-        ));
-    }
+    let (d, list) = read_store(ctx, "api-get")?;
     let one = http_once(d.port, "GET", "/api/clusters/c42")?;
     let bare = Bare::start(
         vec![
@@ -108,12 +138,8 @@ fn reads(ctx: &Ctx, t: &mut Table, secs: u64) -> Res<Response> {
         ],
         None,
     )?;
-    let cases = [
-        ("GET /api/clusters/{name}", "/api/clusters/c42", 20_000.0),
-        ("GET /api/clusters (100 clusters)", "/api/clusters", 8_000.0),
-    ];
-    for (what, path, floor) in cases {
-        for conns in [1, 32] {
+    for (what, path, floor) in READS {
+        for conns in CONNS {
             let w = wrk(d.port, path, conns, secs, None)?;
             let b = wrk(bare.port, path, conns, secs, None)?;
             let label = format!("{what}, {conns} conn");

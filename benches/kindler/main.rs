@@ -3,16 +3,17 @@
 //! `bench/run.sh --quick` for a short smoke run that fails only when the setup is broken.
 //!
 //! Everything goes through the real release binary (`CARGO_BIN_EXE_kindler`) and real
-//! SQLite files. The API socket is passed as fd 3 with LISTEN_FDS, the way systemd does,
-//! and readiness is the READY=1 datagram on a NOTIFY_SOCKET bound here. API load comes
-//! from `wrk`; socket activation from `systemd-socket-activate`.
+//! SQLite files, or (measurement 9, a fleet) a real PostgreSQL server started by the bench.
+//! The API socket is passed as fd 3 with LISTEN_FDS, the way systemd does, and readiness
+//! is the READY=1 datagram on a NOTIFY_SOCKET bound here. API load comes from `wrk`;
+//! socket activation from `systemd-socket-activate`.
 //!
 //! This executable is also every script the daemon runs: started with BENCH_STANDIN in its
 //! environment it is the stand-in (see [`standin`]), which tells the driver when it
 //! started and then does what its mode says. (The daemon strips its own KINDLER_* variables
 //! from a script's environment, so the stand-in's settings are named BENCH_*.)
 //!
-//! One file a measurement (`m1_…` to `m8_…`); the rest is what they share: [`harness`]
+//! One file a measurement (`m1_…` to `m9_…`); the rest is what they share: [`harness`]
 //! (the benchmarked daemons and their API), [`store`] (stores written with SQL),
 //! [`standin`], [`wrk`], [`bare`] (the bare hyper server of measurement 2) and [`report`]
 //! (the table). What the integration tests share with the benches (starting a daemon,
@@ -28,6 +29,7 @@ mod m5_stop;
 mod m6_actions;
 mod m7_idle;
 mod m8_floods;
+mod m9_fleet;
 mod report;
 mod standin;
 mod store;
@@ -73,7 +75,7 @@ fn main() {
     let ctx = Ctx::new(quick, root.path());
     let mut table = Table::default();
     type Measurement = fn(&Ctx, &mut Table) -> Res<()>;
-    let measurements: [(&str, &str, Measurement); 8] = [
+    let measurements: [(&str, &str, Measurement); 9] = [
         ("1", "declaration latency", m1_post_latency::run),
         ("2", "API throughput (wrk)", m2_api::run),
         ("3", "memory", m3_memory::run),
@@ -82,19 +84,24 @@ fn main() {
         ("6", "reconcile throughput", m6_actions::run),
         ("7", "idle cost", m7_idle::run),
         ("8", "floods", m8_floods::run),
+        ("9", "fleet on PostgreSQL", m9_fleet::run),
     ];
+    let total = measurements.len();
     let started = Instant::now();
     for (id, title, run) in measurements {
         if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == id)) {
             continue;
         }
-        eprintln!("[{id}/8] {title} ...");
+        eprintln!("[{id}/{total}] {title} ...");
         let t0 = Instant::now();
         if let Err(e) = run(&ctx, &mut table) {
-            eprintln!("[{id}/8] {title}: SETUP FAILED: {e}");
+            eprintln!("[{id}/{total}] {title}: SETUP FAILED: {e}");
             table.error(id, title, &e);
         }
-        eprintln!("[{id}/8] {title}: {:.1} s", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "[{id}/{total}] {title}: {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
     }
     let text = table.render(quick);
     println!("{text}");

@@ -10,10 +10,14 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+#[derive(Clone, Copy)]
 pub enum Goal {
     Below(f64),
     AtLeast(f64),
+    /// A figure beside the judged ones (p50 next to a judged p99): no target.
     Info,
+    /// A figure the issue sets no target for: "shown" in the target column, not judged.
+    Shown,
 }
 
 struct Row {
@@ -64,6 +68,7 @@ impl Table {
                 if value >= floor { "ok" } else { "MISSED" },
             ),
             Goal::Info => (String::new(), ""),
+            Goal::Shown => ("shown".to_owned(), ""),
         };
         if verdict == "MISSED" {
             self.missed += 1;

@@ -1,6 +1,7 @@
 //! Stores written directly with SQL, as another program (the old tools) would write them,
 //! and read back to see what the daemon did.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,9 +14,15 @@ use crate::Res;
 /// A new database with kindler's schema and no clusters.
 pub fn new_store(dir: &Path) -> Res<PathBuf> {
     let db = dir.join("kindler.db");
+    migrate(&db)?;
+    Ok(db)
+}
+
+/// `kindler migrate`: gives `database` (a file, or a postgres:// URL) kindler's schema.
+pub fn migrate(database: impl AsRef<OsStr>) -> Res<()> {
     let out = Command::new(bin())
         .args(["migrate", "--config", "/dev/null", "--database"])
-        .arg(&db)
+        .arg(database)
         .env_remove("KINDLER_DATABASE")
         .stdin(Stdio::null())
         .output()
@@ -28,7 +35,7 @@ pub fn new_store(dir: &Path) -> Res<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(db)
+    Ok(())
 }
 
 fn open(db: &Path) -> Res<rusqlite::Connection> {
