@@ -88,6 +88,7 @@ impl PgServer {
     pub fn start(fsync: bool) -> Result<PgServer, String> {
         use std::os::unix::fs::PermissionsExt;
         let bin = bin_dir()?;
+        remove_dead_servers_folders();
         let dir = std::env::temp_dir().join(format!(
             "kindler-pg-{}-{}",
             std::process::id(),
@@ -242,6 +243,29 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The shared server lives as long as its test process and is never dropped, so its folder
+/// (40-60 MB) outlives it: folders of processes that are gone are removed before a new
+/// server starts.
+fn remove_dead_servers_folders() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("kindler-pg-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !super::alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
