@@ -628,6 +628,7 @@ pub fn activity(app: &AppRef, facts: &tasks::Facts) -> tasks::Activity {
     let problems = app.health.problems();
     let settings = app.settings();
     tasks::Activity {
+        now: app.clock.now(),
         running: app.runs.count(),
         capacity: settings.max_concurrent_actions,
         policy: crate::reconciler::machine::Policy {

@@ -182,10 +182,20 @@ pub struct TaskCreate {
     pub host: Option<String>,
 }
 
+/// A task's `status`, spelled as the WebUI reads it.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
 #[derive(Serialize, Debug, Clone)]
 pub struct TaskStatus {
     pub task_id: String,
-    pub status: &'static str,
+    pub status: TaskState,
     pub progress: u8,
     pub message: String,
     pub logs: Vec<String>,
