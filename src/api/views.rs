@@ -175,7 +175,7 @@ impl<'a> From<&'a ClusterRecord> for ClusterStatus<'a> {
 #[derive(Serialize)]
 pub struct TaskCreate {
     pub task_id: String,
-    pub status: &'static str,
+    pub status: TaskState,
     pub message: String,
     /// The host a create went to (named by the client, or chosen by kindler).
     #[serde(skip_serializing_if = "Option::is_none")]
