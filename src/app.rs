@@ -1,6 +1,6 @@
 //! What the API, the reconciler and the systemd glue share: the store, the current
-//! settings, the wake-up bell, the runs in progress (through the reconciler's narrow
-//! handle), health, the clock and the liveness heartbeat.
+//! settings, the wake-up bell, the runs in progress (through the narrow
+//! handle of `live`), health, the clock and the liveness heartbeat.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::health::{Cause, Health};
-use crate::reconciler::live::LiveRuns;
+use crate::live::LiveRuns;
 use crate::store::{Store, StoreError, StoreResult};
 
 pub type AppRef = Arc<App>;

@@ -26,11 +26,13 @@ use std::time::Duration;
 use clap::{Arg, ArgMatches};
 use toml::Spanned;
 
+pub use crate::log::{LogLevel, LogTarget};
+pub use crate::model::PortRange;
 use crate::store::Database;
 use spec::{
     assignments, at_least, default, host_name, longer_than_zero, none, variable_names, within, Spec,
 };
-pub use values::{CommandLine, LogLevel, LogTarget, PortRange};
+pub use values::CommandLine;
 
 /// Declares the settings; see the module's documentation and the table below.
 macro_rules! settings {

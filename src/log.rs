@@ -12,7 +12,26 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::config::{LogLevel, LogTarget};
+use clap::ValueEnum;
+
+/// How much the daemon logs (the `log_level` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// Where log records go (the `log_target` setting). `auto` uses the journal's native
+/// protocol when stderr is connected to journald (JOURNAL_STREAM), plain lines on stderr
+/// otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogTarget {
+    Auto,
+    Journal,
+    Stderr,
+}
 
 /// Stable ids of the events kindler logs; `systemd/kindler.catalog` explains each.
 pub mod ids {

@@ -321,6 +321,31 @@ impl ClusterSpec {
     }
 }
 
+/// An inclusive range of host ports, from which a create's ports are claimed (the
+/// `*_port_range` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// A range that holds at least one port, port 0 not among them; the reason reads
+    /// "it …", as the settings' reasons do.
+    pub fn new(first: u16, last: u16) -> Result<Self, String> {
+        if first == 0 || first > last {
+            return Err(format!("it is empty or starts at port 0 ({first}-{last})"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
 /// An IPv4 CIDR like `10.42.0.0/16`: four decimal octets (std's strict parser: no leading
 /// zeros, no extras) and a prefix length of at most 32. A cluster's subnet goes to its
 /// scripts; the API and the store's reader hold it to this.

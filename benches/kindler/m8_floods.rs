@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use kindler::testkit::cpu_ticks;
+use kindler::testkit::{cpu_ticks, room_for_sockets};
 use tokio_tungstenite::tungstenite::{client::client, Message};
 
 use crate::harness::{http_once, Ctx};
@@ -19,20 +19,6 @@ pub fn run(ctx: &Ctx, t: &mut Table) -> Res<()> {
     room_for_sockets();
     held_connections(ctx, t)?;
     idle_subscriptions(ctx, t)
-}
-
-/// This process holds over a thousand sockets.
-fn room_for_sockets() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on a local struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max.min(16_384);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
 }
 
 /// Latencies in ms of `n` health requests, each on a new connection, while `between` runs

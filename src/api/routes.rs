@@ -13,7 +13,7 @@ use super::guard::{self, Via};
 use super::response::{json, json_bytes, render, ApiError, FieldError, Reply};
 use super::tasks::{self, TaskKind};
 use super::views::{
-    ClusterInfo, ClusterStatus, ConfigView, Health, ProblemView, RunView, TaskCreate,
+    ClusterInfo, ClusterStatus, ConfigView, Health, ProblemView, RunView, TaskCreate, TaskState,
     UnreachableHostView,
 };
 use super::Server;
@@ -458,7 +458,7 @@ async fn create(app: &AppRef, req: &mut Request<Incoming>) -> Result<Reply, ApiE
         StatusCode::ACCEPTED,
         &TaskCreate {
             task_id: TaskKind::Create.id(&name),
-            status: "pending",
+            status: TaskState::Pending,
             message,
             host: Some(host),
         },
@@ -494,7 +494,7 @@ async fn delete(app: &AppRef, raw: &str) -> Result<Reply, ApiError> {
         StatusCode::ACCEPTED,
         &TaskCreate {
             task_id: TaskKind::Delete.id(&name),
-            status: "pending",
+            status: TaskState::Pending,
             message: format!("Cluster {name} declared absent; kindler is deleting it"),
             host: None,
         },
@@ -563,7 +563,7 @@ async fn power(app: &AppRef, name: ClusterName, kind: TaskKind) -> Result<Reply,
         StatusCode::ACCEPTED,
         &TaskCreate {
             task_id: kind.id(&name),
-            status: "pending",
+            status: TaskState::Pending,
             message: format!("Cluster {name} declared {desired}; kindler is {verb} it"),
             host: None,
         },
@@ -628,6 +628,7 @@ pub fn activity(app: &AppRef, facts: &tasks::Facts) -> tasks::Activity {
     let problems = app.health.problems();
     let settings = app.settings();
     tasks::Activity {
+        now: app.clock.now(),
         running: app.runs.count(),
         capacity: settings.max_concurrent_actions,
         policy: crate::reconciler::machine::Policy {

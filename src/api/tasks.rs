@@ -6,20 +6,26 @@
 //! reconciler does for that declaration, whichever action that is (a start of a cluster
 //! whose create failed runs a create), and says what is happening now:
 //!
-//! | the declaration                     | status    | message                              |
-//! |-------------------------------------|-----------|--------------------------------------|
-//! | reached (running, stopped, gone)    | completed |                                      |
-//! | replaced by another before reached  | failed    | superseded: now declared …           |
-//! | an action runs for the cluster      | running   | which action, which attempt          |
-//! | its last attempt failed             | pending   | the failure, and when kindler retries |
-//! | nothing runs yet                    | pending   | why it waits: backoff, no free slot, kindler degraded |
+//! | the declaration ([`Stage`])                          | status    | message                              |
+//! |------------------------------------------------------|-----------|--------------------------------------|
+//! | reached: settled, gone, or its own action succeeded  | completed |                                      |
+//! | replaced by another before reached                   | failed    | superseded: now declared …           |
+//! | an action runs for the cluster                       | running   | which action, which attempt          |
+//! | its last attempt failed: retried after the backoff   | pending   | the failure, and when kindler retries |
+//! | its last attempt did not finish: redone              | pending   | why it stopped; kindler redoes it    |
+//! | nothing runs yet                                     | pending   | what runs next and why it waits: backoff, no free slot, kindler degraded |
 //!
-//! kindler retries a failure until the declaration is reached or replaced, so a failure
-//! is not the end of a task: it stays pending with `error` set to the last failure.
+//! The stage is read with the state machine's own rules (`reconciler::machine`): whether
+//! the cluster is settled, what a run's end leaves for its declaration, whether that run
+//! was for the declaration in force, and what the machine runs next. kindler retries a
+//! failure until the declaration is reached or replaced, so a failure is not the end of a
+//! task: it stays pending with `error` set to the last failure.
 
-use super::views::TaskStatus;
+use std::time::SystemTime;
+
+use super::views::{TaskState, TaskStatus};
 use crate::model::{Action, ClusterName, DesiredState, RunOutcome};
-use crate::reconciler::machine::{self, Decision};
+use crate::reconciler::machine::{self, Aftermath, Decision, Policy};
 use crate::store::clusters::ClusterRecord;
 use crate::store::runs::RunRecord;
 use crate::store::time::Timestamp;
@@ -122,14 +128,18 @@ impl Facts {
         }
     }
 
+    /// When this reading's declaration was made (a create's with its row).
+    fn declared_at(&self) -> Option<Timestamp> {
+        self.row.as_ref().and_then(|r| match self.kind {
+            TaskKind::Create => r.created_at,
+            _ => r.updated_at,
+        })
+    }
+
     /// When this reading's declaration was last acted on or made.
     fn last_seen(&self) -> Option<Timestamp> {
         let run = self.own.as_ref().and_then(|r| r.started_at);
-        let declared = self.row.as_ref().and_then(|r| match self.kind {
-            TaskKind::Create => r.created_at,
-            _ => r.updated_at,
-        });
-        run.max(declared)
+        run.max(self.declared_at())
     }
 
     /// The run whose output lines are live (it is running now), if any.
@@ -196,6 +206,8 @@ fn pick(
 /// What the reconciler is doing now, beyond what the store says.
 #[derive(Debug, Clone)]
 pub struct Activity {
+    /// The time the answer is given at (the daemon's clock).
+    pub now: SystemTime,
     /// Actions running now, and how many may run at once.
     pub running: usize,
     pub capacity: usize,
@@ -204,113 +216,153 @@ pub struct Activity {
     /// Output so far of the run in progress (see [`Facts::running_run`]).
     pub live_lines: Option<Vec<String>>,
     /// The reconciler's timers, to tell what it runs next.
-    pub policy: machine::Policy,
+    pub policy: Policy,
 }
 
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            running: 0,
-            capacity: 0,
-            degraded: None,
-            live_lines: None,
-            policy: machine::Policy {
-                resync: std::time::Duration::from_secs(300),
-                honour_timers: true,
-            },
-        }
-    }
+/// Where a task's declaration stands, by the state machine's rules: one row of the table
+/// in the module's documentation each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stage<'a> {
+    /// Reached: settled where the task wanted it (a delete: its row is gone), or its own
+    /// action succeeded before another declaration replaced it.
+    Reached,
+    /// Replaced before it was reached: the cluster is now declared this (`None`: its row
+    /// is gone).
+    Replaced(Option<DesiredState>),
+    /// This run is in progress for the cluster (whichever action the machine chose).
+    Running(&'a RunRecord),
+    /// This run, for the declaration in force, failed: attempt `attempt` follows at `at`
+    /// (`None`: now).
+    Retried {
+        run: &'a RunRecord,
+        attempt: u32,
+        at: Option<Timestamp>,
+    },
+    /// This run, for the declaration in force, did not finish: it is redone.
+    Redone(&'a RunRecord),
+    /// Nothing runs yet: `next` is what the machine runs, after the backoff (attempt
+    /// number, due time) if there is one.
+    Waiting {
+        next: Action,
+        backoff: Option<(u32, Timestamp)>,
+    },
 }
 
-/// The task's status. Pure: every case is covered by the unit tests below.
-pub fn describe(task_id: &str, f: &Facts, now: &Activity) -> TaskStatus {
-    let (verb, _, _) = verbs(f.kind.action());
-    let declared_at = f.row.as_ref().and_then(|r| match f.kind {
-        TaskKind::Create => r.created_at,
-        _ => r.updated_at,
-    });
-    let mut task = TaskStatus {
-        task_id: task_id.to_owned(),
-        status: "pending",
-        progress: 0,
-        message: format!("Waiting to {verb} cluster {}", f.name),
-        logs: Vec::new(),
-        error: None,
-        created_at: declared_at.map(Timestamp::iso),
-        updated_at: f
-            .row
+impl Stage<'_> {
+    /// Where a task's declaration stands at `now`. Pure.
+    pub fn of(f: &Facts, now: SystemTime, policy: Policy) -> Stage<'_> {
+        let own_succeeded = f
+            .own
             .as_ref()
-            .and_then(|r| r.updated_at)
-            .map(Timestamp::iso),
-        completed_at: None,
-    };
-    match &f.row {
-        None if f.kind == TaskKind::Delete || succeeded(&f.own) => completed(&mut task, f),
-        None => superseded(&mut task, f, "no longer exists".into()),
-        Some(row) if row.desired != f.kind.goal() => {
-            if succeeded(&f.own) {
-                completed(&mut task, f)
-            } else {
-                superseded(&mut task, f, format!("is now declared {}", row.desired))
+            .is_some_and(|r| machine::aftermath(r.outcome) == Aftermath::Done);
+        let row = match &f.row {
+            // Replaced, unless its own action had succeeded before.
+            _ if !f.in_force() && own_succeeded => return Stage::Reached,
+            _ if !f.in_force() => return Stage::Replaced(f.row.as_ref().map(|r| r.desired)),
+            // In force without a row: a delete, done.
+            None => return Stage::Reached,
+            Some(row) if f.kind.reached(row) => return Stage::Reached,
+            Some(row) => row,
+        };
+        if let Some(run) = &f.latest {
+            if run.outcome == RunOutcome::Running {
+                return Stage::Running(run);
+            }
+            if run.generation.is_some_and(|g| machine::in_force(row, g)) {
+                match machine::aftermath(run.outcome) {
+                    Aftermath::Retried => {
+                        return Stage::Retried {
+                            run,
+                            attempt: row.attempts.saturating_add(1),
+                            at: row.next_attempt_at,
+                        }
+                    }
+                    Aftermath::Redone => return Stage::Redone(run),
+                    Aftermath::Done => {}
+                }
             }
         }
-        Some(row) if f.kind.reached(row) => completed(&mut task, f),
-        Some(row) => in_progress(&mut task, f, row, now),
-    }
-    task
-}
-
-fn succeeded(run: &Option<RunRecord>) -> bool {
-    run.as_ref()
-        .is_some_and(|r| r.outcome == RunOutcome::Succeeded)
-}
-
-fn completed(task: &mut TaskStatus, f: &Facts) {
-    let (_, _, done) = verbs(f.kind.action());
-    task.status = "completed";
-    task.progress = 100;
-    task.message = format!("Cluster {} {done}", f.name);
-    if let Some(run) = &f.own {
-        task.logs = run.output_tail.clone();
-        if let Some(moved) = run.last_moved() {
-            task.updated_at = Some(moved.iso());
+        // What the machine runs next: a start of a cluster whose create failed is a create.
+        // (A settled cluster's resync is `Reached` above: a wait here is a backoff.)
+        let (next, due) = match machine::look(row, now, policy) {
+            Decision::Act(action) => (action, None),
+            Decision::At(due) => (f.kind.action(), Some(due.into())),
+            Decision::Idle => (f.kind.action(), None),
+        };
+        Stage::Waiting {
+            next,
+            backoff: due.map(|due| (row.attempts.saturating_add(1), due)),
         }
     }
-    task.completed_at = task.updated_at.clone();
-}
 
-fn superseded(task: &mut TaskStatus, f: &Facts, why: String) {
-    let error = format!("superseded: cluster {} {why}", f.name);
-    task.status = "failed";
-    task.progress = 100;
-    task.message = error.clone();
-    task.error = Some(error);
-    task.completed_at = task.updated_at.clone();
-}
-
-/// The declaration is in force and not reached: what runs for it, or why nothing does.
-fn in_progress(task: &mut TaskStatus, f: &Facts, row: &ClusterRecord, now: &Activity) {
-    let (verb, _, _) = verbs(f.kind.action());
-    let name = &f.name;
-    let Some(run) = &f.latest else {
-        task.message = waiting(f, row, now);
-        return;
-    };
-    if let Some(moved) = run.last_moved() {
-        task.updated_at = Some(moved.iso());
+    pub fn state(&self) -> TaskState {
+        match self {
+            Stage::Reached => TaskState::Completed,
+            Stage::Replaced(_) => TaskState::Failed,
+            Stage::Running(_) => TaskState::Running,
+            Stage::Retried { .. } | Stage::Redone(_) | Stage::Waiting { .. } => TaskState::Pending,
+        }
     }
-    let current = run.generation == Some(row.generation);
-    let headline = run
-        .error
-        .as_deref()
-        .and_then(|e| e.lines().next())
-        .unwrap_or("failed")
-        .to_owned();
-    match run.outcome {
-        RunOutcome::Running => {
+
+    fn progress(&self) -> u8 {
+        match self.state() {
+            TaskState::Completed | TaskState::Failed => 100,
+            TaskState::Running => 50,
+            TaskState::Pending => 0,
+        }
+    }
+}
+
+/// The task's status: its [`Stage`] at `activity.now`, in the WebUI's words. Pure: every
+/// case is a row of the tables in the unit tests below.
+pub fn describe(task_id: &str, f: &Facts, activity: &Activity) -> TaskStatus {
+    let stage = Stage::of(f, activity.now, activity.policy);
+    let name = &f.name;
+    let (verb, _, done) = verbs(f.kind.action());
+    let row_updated = f.row.as_ref().and_then(|r| r.updated_at);
+    // While the declaration is in force, the task moved when the cluster's last run did.
+    let run_moved = || {
+        f.latest
+            .as_ref()
+            .and_then(RunRecord::last_moved)
+            .or(row_updated)
+    };
+    let mut task = TaskStatus {
+        task_id: task_id.to_owned(),
+        status: stage.state(),
+        progress: stage.progress(),
+        message: String::new(),
+        logs: Vec::new(),
+        error: None,
+        created_at: f.declared_at().map(Timestamp::iso),
+        updated_at: run_moved().map(Timestamp::iso),
+        completed_at: None,
+    };
+    match stage {
+        Stage::Reached => {
+            task.message = format!("Cluster {name} {done}");
+            task.logs = f
+                .own
+                .as_ref()
+                .map(|r| r.output_tail.clone())
+                .unwrap_or_default();
+            let moved = f.own.as_ref().and_then(RunRecord::last_moved);
+            task.updated_at = moved.or(row_updated).map(Timestamp::iso);
+            task.completed_at = task.updated_at.clone();
+        }
+        Stage::Replaced(now_declared) => {
+            let why = match now_declared {
+                Some(d) => format!("is now declared {d}"),
+                None => "no longer exists".into(),
+            };
+            let error = format!("superseded: cluster {name} {why}");
+            task.message = error.clone();
+            task.error = Some(error);
+            task.updated_at = row_updated.map(Timestamp::iso);
+            task.completed_at = task.updated_at.clone();
+        }
+        Stage::Running(run) => {
             let (_, doing, _) = verbs(run.action);
-            task.status = "running";
-            task.progress = 50;
             task.message = match run.attempt {
                 Some(attempt) => format!("{doing} cluster {name} (attempt {attempt})"),
                 None => format!("{doing} cluster {name}"),
@@ -319,53 +371,58 @@ fn in_progress(task: &mut TaskStatus, f: &Facts, row: &ClusterRecord, now: &Acti
                 task.message
                     .push_str(&format!("; then kindler goes on to {verb} it"));
             }
-            task.logs = now.live_lines.clone().unwrap_or_default();
+            task.logs = activity.live_lines.clone().unwrap_or_default();
         }
-        RunOutcome::Failed | RunOutcome::TimedOut if current => {
+        Stage::Retried { run, attempt, at } => {
             task.error = run.error.clone();
             task.logs = run.output_tail.clone();
-            task.message = match row.next_attempt_at {
-                Some(next) => format!(
-                    "{headline}; kindler retries at {} (attempt {})",
-                    next.iso(),
-                    row.attempts.saturating_add(1)
+            task.message = match at {
+                Some(at) => format!(
+                    "{}; kindler retries at {} (attempt {attempt})",
+                    headline(run),
+                    at.iso()
                 ),
-                None => format!("{headline}; kindler retries now"),
+                None => format!("{}; kindler retries now", headline(run)),
             };
         }
-        RunOutcome::Cancelled | RunOutcome::Interrupted if current => {
+        Stage::Redone(run) => {
             task.logs = run.output_tail.clone();
-            task.message = format!("{headline}; kindler redoes it");
+            task.message = format!("{}; kindler redoes it", headline(run));
         }
-        _ => task.message = waiting(f, row, now),
+        Stage::Waiting { next, backoff } => {
+            task.message = waiting(name, next, backoff, activity);
+        }
     }
+    task
 }
 
-/// Why nothing runs yet for a declaration in force; what runs next is what the state machine
-/// decides (a start of a cluster whose create failed waits for a create).
-fn waiting(f: &Facts, row: &ClusterRecord, now: &Activity) -> String {
-    let next = match machine::look(row, std::time::SystemTime::now(), now.policy) {
-        Decision::Act(action) => action,
-        _ => f.kind.action(),
-    };
+/// The first line of a run's error.
+fn headline(run: &RunRecord) -> &str {
+    run.error
+        .as_deref()
+        .and_then(|e| e.lines().next())
+        .unwrap_or("failed")
+}
+
+/// What runs next for a declaration in force, and why it has not started yet.
+fn waiting(
+    name: &ClusterName,
+    next: Action,
+    backoff: Option<(u32, Timestamp)>,
+    activity: &Activity,
+) -> String {
     let (verb, _, _) = verbs(next);
-    let base = format!("Waiting to {verb} cluster {}", f.name);
-    if let Some(why) = &now.degraded {
+    let base = format!("Waiting to {verb} cluster {name}");
+    if let Some(why) = &activity.degraded {
         return format!("{base}: kindler cannot act now ({why})");
     }
-    if let Some(next) = row.next_attempt_at {
-        if std::time::SystemTime::from(next) > std::time::SystemTime::now() {
-            return format!(
-                "{base}: attempt {} at {}",
-                row.attempts.saturating_add(1),
-                next.iso()
-            );
-        }
+    if let Some((attempt, at)) = backoff {
+        return format!("{base}: attempt {attempt} at {}", at.iso());
     }
-    if now.capacity > 0 && now.running >= now.capacity {
+    if activity.capacity > 0 && activity.running >= activity.capacity {
         return format!(
             "{base}: {} of {} actions are running; it starts when one ends",
-            now.running, now.capacity
+            activity.running, activity.capacity
         );
     }
     base
@@ -375,6 +432,7 @@ fn waiting(f: &Facts, row: &ClusterRecord, now: &Activity) -> String {
 mod tests {
     use super::*;
     use crate::model::ActualState;
+    use {ActualState as A, DesiredState as D, RunOutcome as O, TaskState as S};
 
     fn name(n: &str) -> ClusterName {
         ClusterName::parse(n).unwrap()
@@ -383,6 +441,14 @@ mod tests {
     fn at(text: &str) -> Option<Timestamp> {
         Some(Timestamp::parse(text).unwrap())
     }
+
+    /// The time every answer below is given at.
+    fn now() -> SystemTime {
+        at("2026-12-01 10:00:05.000").unwrap().into()
+    }
+
+    const LATER: &str = "2999-01-01 00:00:00.000";
+    const EARLIER: &str = "2026-12-01 10:00:04.000";
 
     #[test]
     fn task_ids_read_both_ways() {
@@ -397,12 +463,23 @@ mod tests {
         assert!(readings("reconcile-Bad Name").is_empty());
     }
 
-    fn row(desired: DesiredState, actual: ActualState, generation: i64) -> ClusterRecord {
+    fn row(desired: D, actual: A, generation: i64) -> ClusterRecord {
         ClusterRecord {
             created_at: at("2026-12-01 10:00:00.000"),
             updated_at: at("2026-12-01 10:00:01.000"),
             generation,
             ..ClusterRecord::sample(desired, actual)
+        }
+    }
+
+    /// A row whose last attempt (of `last`) failed, `attempts` times in a row, retried at
+    /// `next`.
+    fn failed(last: Action, attempts: u32, next: Option<&str>) -> ClusterRecord {
+        ClusterRecord {
+            last_action: Some(last),
+            attempts,
+            next_attempt_at: next.and_then(at),
+            ..row(D::Present, A::Failed, 1)
         }
     }
 
@@ -426,6 +503,11 @@ mod tests {
         }
     }
 
+    fn with_error(mut r: RunRecord, error: Option<&str>) -> RunRecord {
+        r.error = error.map(String::from);
+        r
+    }
+
     fn facts(
         kind: TaskKind,
         row: Option<ClusterRecord>,
@@ -441,112 +523,425 @@ mod tests {
         }
     }
 
-    fn status(f: &Facts, now: &Activity) -> (&'static str, String, Option<String>) {
-        let t = describe("t", f, now);
-        (t.status, t.message, t.error)
-    }
-
-    #[test]
-    fn a_start_follows_the_create_the_reconciler_runs_for_it() {
-        use {ActualState as A, DesiredState as D};
-        let idle = Activity {
+    /// Nothing in the way: three slots, none taken, kindler healthy.
+    fn idle() -> Activity {
+        Activity {
+            now: now(),
+            running: 0,
             capacity: 3,
-            ..Activity::default()
-        };
-        // start of a cluster whose create failed: the retries are creates.
-        let mut r = row(D::Present, A::Failed, 1);
-        r.attempts = 2;
-        r.next_attempt_at = at("2999-01-01 00:00:00.000");
-        let failed_create = run(Action::Create, RunOutcome::Failed, 1);
-        let f = facts(TaskKind::Start, Some(r.clone()), None, Some(failed_create));
-        let (s, message, error) = status(&f, &idle);
-        assert_eq!(s, "pending", "kindler retries, so the task is not over");
-        assert_eq!(
-            message,
-            "create failed (exit status 69); kindler retries at 2999-01-01T00:00:00.000Z (attempt 3)"
-        );
-        assert!(error.unwrap().contains("no docker"));
-
-        let running_create = run(Action::Create, RunOutcome::Running, 1);
-        let f = facts(TaskKind::Start, Some(r.clone()), None, Some(running_create));
-        let live = Activity {
-            live_lines: Some(vec!["pulling".into()]),
-            ..idle.clone()
-        };
-        let t = describe("t", &f, &live);
-        assert_eq!(t.status, "running");
-        assert_eq!(
-            t.message,
-            "Creating cluster dev (attempt 2); then kindler goes on to start it"
-        );
-        assert_eq!(t.logs, ["pulling"]);
-
-        let mut done = r;
-        done.actual = A::Running;
-        let f = facts(TaskKind::Start, Some(done), None, None);
-        assert_eq!(status(&f, &idle).0, "completed");
+            degraded: None,
+            live_lines: None,
+            policy: Policy {
+                resync: std::time::Duration::from_secs(300),
+                honour_timers: true,
+            },
+        }
     }
 
+    /// Every stage a task can be in, with its status, progress and message: one row each.
     #[test]
-    fn a_waiting_task_says_why_it_waits() {
-        use {ActualState as A, DesiredState as D};
-        let r = row(D::Stopped, A::Running, 2);
-        let older = run(Action::Create, RunOutcome::Succeeded, 1);
-        let f = facts(TaskKind::Stop, Some(r.clone()), None, Some(older));
+    fn every_stage_has_its_status_and_message() {
+        use {Action::*, TaskKind as K};
+        let idle = idle();
         let full = Activity {
             running: 3,
-            capacity: 3,
-            ..Activity::default()
+            ..idle.clone()
         };
-        assert_eq!(
-            status(&f, &full).1,
-            "Waiting to stop cluster dev: 3 of 3 actions are running; it starts when one ends"
-        );
         let degraded = Activity {
             degraded: Some("the database is locked".into()),
-            ..full
+            ..full.clone()
         };
-        let (s, message, _) = status(&f, &degraded);
-        assert_eq!(s, "pending");
+        // The row and the cluster's newest run; no run of the task's own action.
+        let ran = |kind, row, latest| facts(kind, Some(row), None, Some(latest));
+        let ok = |action| Some(run(action, O::Succeeded, 1));
+        let failed_create = || Some(run(Create, O::Failed, 1));
+        let backoff = |attempts| failed(Create, attempts, Some(LATER));
+        let retry_error = "create failed (exit status 69)\nlast output:\nno docker";
+        let unnumbered = RunRecord {
+            attempt: None,
+            ..run(Stop, O::Running, 2)
+        };
+        let timed_out = with_error(
+            run(Create, O::TimedOut, 1),
+            Some("create timed out after 30m; its processes were ended"),
+        );
+        let interrupted = with_error(
+            run(Create, O::Interrupted, 1),
+            Some("create was interrupted because kindler is stopping"),
+        );
+        let cancelled = with_error(run(Stop, O::Cancelled, 1), None);
+        let redeclared = ClusterRecord {
+            generation: 2,
+            ..failed(Create, 0, None)
+        };
+        let cases = vec![
+            (
+                "a create reached",
+                facts(K::Create, Some(row(D::Present, A::Running, 1)), ok(Create), ok(Create)),
+                &idle,
+                S::Completed,
+                100,
+                "Cluster dev created",
+                None,
+            ),
+            (
+                "a stop reached",
+                facts(K::Stop, Some(row(D::Stopped, A::Stopped, 2)), None, ok(Stop)),
+                &idle,
+                S::Completed,
+                100,
+                "Cluster dev stopped",
+                None,
+            ),
+            (
+                "a start reached without a run of its own (a create brought it there)",
+                facts(K::Start, Some(row(D::Present, A::Running, 2)), None, ok(Create)),
+                &idle,
+                S::Completed,
+                100,
+                "Cluster dev started",
+                None,
+            ),
+            (
+                "a delete whose row is gone",
+                facts(K::Delete, None, None, None),
+                &idle,
+                S::Completed,
+                100,
+                "Cluster dev deleted",
+                None,
+            ),
+            (
+                "a create that succeeded, then the row went",
+                facts(K::Create, None, ok(Create), None),
+                &idle,
+                S::Completed,
+                100,
+                "Cluster dev created",
+                None,
+            ),
+            (
+                "a create that succeeded before a stop was declared",
+                facts(K::Create, Some(row(D::Stopped, A::Stopping, 2)), ok(Create), None),
+                &idle,
+                S::Completed,
+                100,
+                "Cluster dev created",
+                None,
+            ),
+            (
+                "a create replaced by a stop before it succeeded",
+                facts(K::Create, Some(row(D::Stopped, A::Creating, 2)), None, None),
+                &idle,
+                S::Failed,
+                100,
+                "superseded: cluster dev is now declared stopped",
+                Some("superseded: cluster dev is now declared stopped"),
+            ),
+            (
+                "a start replaced by a delete",
+                facts(K::Start, Some(row(D::Absent, A::Deleting, 3)), None, None),
+                &idle,
+                S::Failed,
+                100,
+                "superseded: cluster dev is now declared absent",
+                Some("superseded: cluster dev is now declared absent"),
+            ),
+            (
+                "a create whose row is gone before it succeeded",
+                facts(K::Create, None, failed_create(), None),
+                &idle,
+                S::Failed,
+                100,
+                "superseded: cluster dev no longer exists",
+                Some("superseded: cluster dev no longer exists"),
+            ),
+            (
+                "its own action runs",
+                ran(K::Create, row(D::Present, A::Creating, 1), run(Create, O::Running, 1)),
+                &idle,
+                S::Running,
+                50,
+                "Creating cluster dev (attempt 2)",
+                None,
+            ),
+            (
+                "a start whose cluster the machine creates first",
+                ran(K::Start, failed(Create, 1, None), run(Create, O::Running, 1)),
+                &idle,
+                S::Running,
+                50,
+                "Creating cluster dev (attempt 2); then kindler goes on to start it",
+                None,
+            ),
+            (
+                "a probe runs (no action follows it)",
+                ran(K::Stop, row(D::Stopped, A::Running, 2), run(Probe, O::Running, 1)),
+                &idle,
+                S::Running,
+                50,
+                "Verifying cluster dev (attempt 2)",
+                None,
+            ),
+            (
+                "a run without an attempt number",
+                ran(K::Stop, row(D::Stopped, A::Stopping, 2), unnumbered),
+                &idle,
+                S::Running,
+                50,
+                "Stopping cluster dev",
+                None,
+            ),
+            (
+                "its failure, retried after the backoff",
+                facts(K::Create, Some(backoff(2)), None, failed_create()),
+                &idle,
+                S::Pending,
+                0,
+                "create failed (exit status 69); kindler retries at 2999-01-01T00:00:00.000Z (attempt 3)",
+                Some(retry_error),
+            ),
+            (
+                "a start on a failed create follows the create's retries",
+                facts(K::Start, Some(backoff(2)), None, failed_create()),
+                &idle,
+                S::Pending,
+                0,
+                "create failed (exit status 69); kindler retries at 2999-01-01T00:00:00.000Z (attempt 3)",
+                Some(retry_error),
+            ),
+            (
+                "a time-out, retried now",
+                ran(K::Create, failed(Create, 1, None), timed_out),
+                &idle,
+                S::Pending,
+                0,
+                "create timed out after 30m; its processes were ended; kindler retries now",
+                Some("create timed out after 30m; its processes were ended"),
+            ),
+            (
+                "an interrupted run, redone",
+                ran(K::Create, row(D::Present, A::Creating, 1), interrupted),
+                &idle,
+                S::Pending,
+                0,
+                "create was interrupted because kindler is stopping; kindler redoes it",
+                None,
+            ),
+            (
+                "a cancelled run that says nothing, redone",
+                ran(K::Stop, row(D::Stopped, A::Stopping, 1), cancelled),
+                &idle,
+                S::Pending,
+                0,
+                "failed; kindler redoes it",
+                None,
+            ),
+            (
+                "nothing ran yet",
+                facts(K::Create, Some(row(D::Present, A::Unknown, 1)), None, None),
+                &idle,
+                S::Pending,
+                0,
+                "Waiting to create cluster dev",
+                None,
+            ),
+            (
+                "a delete not begun",
+                facts(K::Delete, Some(row(D::Absent, A::Running, 2)), None, ok(Create)),
+                &idle,
+                S::Pending,
+                0,
+                "Waiting to delete cluster dev",
+                None,
+            ),
+            (
+                "a start declared on a failed create: the machine's next run is a create",
+                facts(K::Start, Some(redeclared), None, failed_create()),
+                &idle,
+                S::Pending,
+                0,
+                "Waiting to create cluster dev",
+                None,
+            ),
+            (
+                "no free slot",
+                facts(K::Stop, Some(row(D::Stopped, A::Running, 2)), None, ok(Create)),
+                &full,
+                S::Pending,
+                0,
+                "Waiting to stop cluster dev: 3 of 3 actions are running; it starts when one ends",
+                None,
+            ),
+            (
+                "kindler cannot act",
+                facts(K::Stop, Some(row(D::Stopped, A::Running, 2)), None, ok(Create)),
+                &degraded,
+                S::Pending,
+                0,
+                "Waiting to stop cluster dev: kindler cannot act now (the database is locked)",
+                None,
+            ),
+            (
+                "a backoff another program wrote, not yet over",
+                facts(K::Create, Some(failed(Create, 1, Some(LATER))), None, None),
+                &idle,
+                S::Pending,
+                0,
+                "Waiting to create cluster dev: attempt 2 at 2999-01-01T00:00:00.000Z",
+                None,
+            ),
+            (
+                "a backoff over at the time asked",
+                facts(K::Create, Some(failed(Create, 1, Some(EARLIER))), None, None),
+                &idle,
+                S::Pending,
+                0,
+                "Waiting to create cluster dev",
+                None,
+            ),
+        ];
+        for (what, f, activity, want, progress, message, error) in cases {
+            let t = describe("t", &f, activity);
+            assert_eq!(
+                (t.status, t.progress, t.message.as_str(), t.error.as_deref()),
+                (want, progress, message, error),
+                "{what}"
+            );
+            let stage = Stage::of(&f, activity.now, activity.policy);
+            assert_eq!(stage.state(), want, "{what}: {stage:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_are_spelled_as_the_webui_reads_them() {
+        let cases = [
+            (S::Pending, "pending"),
+            (S::Running, "running"),
+            (S::Completed, "completed"),
+            (S::Failed, "failed"),
+        ];
+        for (state, text) in cases {
+            assert_eq!(serde_json::to_value(state).unwrap(), text);
+        }
+        let f = facts(
+            TaskKind::Create,
+            Some(row(D::Present, A::Running, 1)),
+            None,
+            None,
+        );
+        let json = serde_json::to_value(describe("reconcile-dev", &f, &idle())).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = [
+            "task_id",
+            "status",
+            "progress",
+            "message",
+            "logs",
+            "error",
+            "created_at",
+            "updated_at",
+            "completed_at",
+        ];
+        want.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(json["status"], "completed");
+    }
+
+    #[test]
+    fn a_task_shows_its_output_and_when_it_moved() {
+        let ok = run(Action::Create, O::Succeeded, 1);
+        let reached = facts(
+            TaskKind::Create,
+            Some(row(D::Present, A::Running, 1)),
+            Some(ok.clone()),
+            Some(ok),
+        );
+        let t = describe("t", &reached, &idle());
+        assert_eq!(t.logs, ["no docker"]);
+        assert_eq!(t.created_at.as_deref(), Some("2026-12-01T10:00:00.000Z"));
+        assert_eq!(t.updated_at.as_deref(), Some("2026-12-01T10:00:03.000Z"));
+        assert_eq!(t.completed_at, t.updated_at);
+
+        // A running task shows the live output, and moved when its run started.
+        let running = facts(
+            TaskKind::Stop,
+            Some(row(D::Stopped, A::Stopping, 2)),
+            None,
+            Some(run(Action::Stop, O::Running, 2)),
+        );
+        let live = Activity {
+            live_lines: Some(vec!["stopping k3d-dev".into()]),
+            ..idle()
+        };
+        let t = describe("t", &running, &live);
+        assert_eq!(t.logs, ["stopping k3d-dev"]);
+        assert_eq!(t.created_at.as_deref(), Some("2026-12-01T10:00:01.000Z"));
+        assert_eq!(t.updated_at.as_deref(), Some("2026-12-01T10:00:02.000Z"));
+        assert_eq!(t.completed_at, None);
+
+        // A replaced one ended when the row last changed; a delete whose row is gone has
+        // no times.
+        let replaced = facts(
+            TaskKind::Create,
+            Some(row(D::Absent, A::Creating, 2)),
+            None,
+            None,
+        );
+        let t = describe("t", &replaced, &idle());
+        assert_eq!(t.completed_at.as_deref(), Some("2026-12-01T10:00:01.000Z"));
+        assert!(t.logs.is_empty());
+        let t = describe("t", &facts(TaskKind::Delete, None, None, None), &idle());
         assert_eq!(
-            message,
-            "Waiting to stop cluster dev: kindler cannot act now (the database is locked)"
+            (t.created_at, t.updated_at, t.completed_at),
+            (None, None, None)
         );
     }
 
     #[test]
-    fn only_a_replaced_declaration_fails_and_a_reached_one_completes() {
-        use {ActualState as A, DesiredState as D};
-        let idle = Activity::default();
-        // create, then stop declared before the create succeeded: the create task failed.
-        let r = row(D::Stopped, A::Creating, 2);
-        let f = facts(TaskKind::Create, Some(r.clone()), None, None);
-        let (s, message, _) = status(&f, &idle);
+    fn the_reading_in_force_wins_then_the_newer() {
+        let lookup = |desired: D, created: &str| TaskLookup {
+            row: Some(ClusterRecord {
+                created_at: at(created),
+                updated_at: at(created),
+                ..row(desired, A::Running, 1)
+            }),
+            own: None,
+            latest: None,
+        };
+        let both = || readings("reconcile-delete-dev");
+        let meant = |delete: TaskLookup, create: TaskLookup| {
+            let found = pick(both(), &mut [delete, create].into_iter()).unwrap();
+            (found.kind, found.name.to_string())
+        };
+        let (earlier, later) = ("2026-12-01 10:00:00", "2026-12-01 11:00:00");
+        // delete-dev is now declared stopped: the task is dev's delete, however old.
         assert_eq!(
-            (s, message.as_str()),
-            ("failed", "superseded: cluster dev is now declared stopped")
+            meant(lookup(D::Absent, earlier), lookup(D::Stopped, later)),
+            (TaskKind::Delete, "dev".into())
         );
-        // ... unless its create had succeeded before the stop was declared.
-        let ok = run(Action::Create, RunOutcome::Succeeded, 1);
-        let f = facts(TaskKind::Create, Some(r), Some(ok.clone()), Some(ok));
-        assert_eq!(status(&f, &idle).0, "completed");
-        // a delete whose row is gone is done; a create whose row is gone is not.
-        let f = facts(TaskKind::Delete, None, None, None);
-        assert_eq!(status(&f, &idle).1, "Cluster dev deleted");
-        let failed = run(Action::Create, RunOutcome::Failed, 1);
-        let f = facts(TaskKind::Create, None, Some(failed), None);
+        // Both in force: the newer declaration.
         assert_eq!(
-            status(&f, &idle).1,
-            "superseded: cluster dev no longer exists"
+            meant(lookup(D::Absent, earlier), lookup(D::Present, later)),
+            (TaskKind::Create, "delete-dev".into())
         );
-        // an interrupted run of the declaration in force is redone.
-        let r = row(D::Present, A::Creating, 1);
-        let mut cut = run(Action::Create, RunOutcome::Interrupted, 1);
-        cut.error = Some("create was interrupted because kindler is stopping".into());
-        let f = facts(TaskKind::Create, Some(r), None, Some(cut));
         assert_eq!(
-            status(&f, &idle).1,
-            "create was interrupted because kindler is stopping; kindler redoes it"
+            meant(lookup(D::Absent, later), lookup(D::Present, earlier)),
+            (TaskKind::Delete, "dev".into())
         );
+        // Nothing known of either reading.
+        let nothing = || TaskLookup {
+            row: None,
+            own: None,
+            latest: None,
+        };
+        assert!(pick(both(), &mut [nothing(), nothing()].into_iter()).is_none());
     }
 }

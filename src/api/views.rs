@@ -175,17 +175,27 @@ impl<'a> From<&'a ClusterRecord> for ClusterStatus<'a> {
 #[derive(Serialize)]
 pub struct TaskCreate {
     pub task_id: String,
-    pub status: &'static str,
+    pub status: TaskState,
     pub message: String,
     /// The host a create went to (named by the client, or chosen by kindler).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
 }
 
+/// A task's `status`, spelled as the WebUI reads it.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
 #[derive(Serialize, Debug, Clone)]
 pub struct TaskStatus {
     pub task_id: String,
-    pub status: &'static str,
+    pub status: TaskState,
     pub progress: u8,
     pub message: String,
     pub logs: Vec<String>,

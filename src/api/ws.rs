@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use super::conns::{Connections, Held, Kind};
 use super::response::{json, Reply};
 use super::tasks;
+use super::views::TaskState;
 use super::Stop;
 use crate::app::AppRef;
 use crate::log;
@@ -396,7 +397,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let status = tasks::describe(id, &facts, &super::routes::activity(app, &facts));
-    let running = status.status == "running";
+    let running = status.status == TaskState::Running;
     let update = serde_json::json!({"type": "task_update", "task": status}).to_string();
     let Some(sent) = subscribed.map.get_mut(id) else {
         return Ok(());

@@ -11,6 +11,9 @@ use clap::builder::PossibleValue;
 use clap::ValueEnum;
 use toml::Value as Toml;
 
+use crate::log::{LogLevel, LogTarget};
+use crate::model::PortRange;
+
 /// A type a setting can have.
 pub trait Value: Sized + Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     /// The `<NAME>` `--help` shows for the value, unless the setting names its own.
@@ -174,28 +177,8 @@ impl<T: Value> Value for Option<T> {
     }
 }
 
-/// An inclusive port range, `19001-19999` as text, `[19001, 19999]` (or that text) in TOML.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl PortRange {
-    fn new(first: u16, last: u16) -> Result<Self, String> {
-        if first == 0 || first > last {
-            return Err(format!("it is empty or starts at port 0 ({first}-{last})"));
-        }
-        Ok(PortRange { first, last })
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.first, self.last)
-    }
-}
-
+/// A port range (`model::PortRange`): `19001-19999` as text, `[19001, 19999]` (or that
+/// text) in TOML.
 impl Value for PortRange {
     const VALUE_NAME: Option<&'static str> = Some("FIRST-LAST");
     fn expected() -> String {
@@ -269,24 +252,6 @@ impl CommandLine {
             args: argv,
         })
     }
-}
-
-/// How much the daemon logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-}
-
-/// Where log records go. `auto` uses the journal's native protocol when stderr is connected
-/// to journald (JOURNAL_STREAM), plain lines on stderr otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogTarget {
-    Auto,
-    Journal,
-    Stderr,
 }
 
 /// Enumerations: their words are the ones clap's `ValueEnum` gives (lower case).

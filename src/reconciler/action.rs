@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::live::LiveRun;
 use crate::config::Settings;
+use crate::live::LiveRun;
 use crate::log::{ids, Event, Priority};
 use crate::model::{Action, ClusterSpec, ProbeReport};
 use crate::procs::Target;

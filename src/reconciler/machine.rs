@@ -32,6 +32,10 @@
 //! | failed, timed out       | `failed` with the error; backoff grows, unless redeclared   |
 //! | cancelled, interrupted  | stays in its in-progress state (redone), with the reason    |
 //!
+//! So a run's end leaves its declaration ([`aftermath`]) reached, retried after the backoff,
+//! or redone; only an end of the declaration in force ([`in_force`]) counts toward its
+//! backoff. The task endpoint (`api/tasks.rs`) reads a task's status from these same rules.
+//!
 //! And while a run goes on, a new declaration cancels it unless the run still serves it
 //! ([`keeps_running`]).
 
@@ -111,6 +115,34 @@ pub fn settled(desired: D, actual: A) -> bool {
         (desired, actual),
         (D::Present, A::Running) | (D::Stopped, A::Stopped)
     )
+}
+
+/// What an ended run leaves for the declaration it ran for (the verdict column of the
+/// table of endings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aftermath {
+    /// Done: the action's success state (a deleted cluster's row goes).
+    Done,
+    /// Failed: the cluster is `failed` and the declaration is tried again after its backoff.
+    Retried,
+    /// Not finished: the cluster keeps its in-progress state and the action is redone.
+    Redone,
+}
+
+/// What a run that ended with `outcome` leaves for its declaration. (A run still recorded
+/// as running did not finish.)
+pub fn aftermath(outcome: RunOutcome) -> Aftermath {
+    match outcome {
+        RunOutcome::Succeeded => Aftermath::Done,
+        RunOutcome::Failed | RunOutcome::TimedOut => Aftermath::Retried,
+        RunOutcome::Cancelled | RunOutcome::Interrupted | RunOutcome::Running => Aftermath::Redone,
+    }
+}
+
+/// Did a run for declaration `generation` run for the one in force in `current`? A failure
+/// of an older declaration does not count against the new one.
+pub fn in_force(current: &ClusterRecord, generation: i64) -> bool {
+    current.generation == generation
 }
 
 /// Why a running action was cancelled.
@@ -256,8 +288,8 @@ pub fn ended(
         observed_generation: run.generation,
         probe,
     };
-    match run.verdict.outcome {
-        RunOutcome::Succeeded if run.action == Action::Delete => {
+    match aftermath(run.verdict.outcome) {
+        Aftermath::Done if run.action == Action::Delete => {
             if current.desired == D::Absent {
                 RowChange::Remove
             } else {
@@ -265,28 +297,25 @@ pub fn ended(
                 settle(A::Unknown, None, 0, None, None)
             }
         }
-        RunOutcome::Succeeded => {
+        Aftermath::Done => {
             let state = run.action.success_state().unwrap_or(A::Running);
             settle(state, None, 0, None, run.probe)
         }
-        RunOutcome::Failed | RunOutcome::TimedOut => {
-            // A failure of an older declaration does not count against the new one.
-            if current.generation == run.generation {
+        Aftermath::Retried => {
+            if in_force(current, run.generation) {
                 let next = now + retry_delay(run.attempt);
                 settle(A::Failed, error, run.attempt, Some(next), None)
             } else {
                 settle(A::Failed, error, 0, None, None)
             }
         }
-        RunOutcome::Cancelled | RunOutcome::Interrupted | RunOutcome::Running => {
-            match run.action.in_progress_state() {
-                Some(in_progress) => RowChange::Interrupted {
-                    in_progress,
-                    note: error.unwrap_or_else(|| "interrupted".into()),
-                },
-                None => RowChange::Keep,
-            }
-        }
+        Aftermath::Redone => match run.action.in_progress_state() {
+            Some(in_progress) => RowChange::Interrupted {
+                in_progress,
+                note: error.unwrap_or_else(|| "interrupted".into()),
+            },
+            None => RowChange::Keep,
+        },
     }
 }
 
@@ -593,6 +622,26 @@ mod tests {
                 end.action, end.verdict.outcome, current.desired, current.actual
             );
         }
+    }
+
+    #[test]
+    fn every_outcome_leaves_its_declaration_done_retried_or_redone() {
+        use {Aftermath::*, RunOutcome::*};
+        let cases = [
+            (Succeeded, Done),
+            (Failed, Retried),
+            (TimedOut, Retried),
+            (Cancelled, Redone),
+            (Interrupted, Redone),
+            (Running, Redone),
+        ];
+        for (outcome, want) in cases {
+            assert_eq!(aftermath(outcome), want, "{outcome}");
+        }
+        let mut c = record(D::Present, A::Failed, Some(Action::Create));
+        c.generation = 2;
+        assert!(in_force(&c, 2));
+        assert!(!in_force(&c, 1), "an older declaration's run");
     }
 
     #[test]

@@ -15,7 +15,6 @@
 pub mod action;
 pub mod backoff;
 mod ends;
-pub mod live;
 pub mod machine;
 mod outcome;
 pub mod probe;

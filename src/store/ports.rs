@@ -9,8 +9,7 @@
 //! The rule is pure; the backend answers its two questions (who holds a port, which ports
 //! of a range are used) from its own transaction.
 
-use crate::config::PortRange;
-use crate::model::{ClusterName, ClusterSpec};
+use crate::model::{ClusterName, ClusterSpec, PortRange};
 
 use super::StoreResult;
 

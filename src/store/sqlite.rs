@@ -22,8 +22,7 @@ use super::time::Timestamp;
 use super::{
     writer, Created, Epoch, NewCluster, Recorded, RunEnding, StoreError, StoreResult, TaskLookup,
 };
-use crate::config::PortRange;
-use crate::model::{Action, ActualState, ClusterName, DesiredState};
+use crate::model::{Action, ActualState, ClusterName, DesiredState, PortRange};
 
 /// How long a statement waits for another writer (a `sqlite3` user, say) before failing.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -16,7 +16,9 @@ mod process;
 pub use daemon::{clean_env, free_port, pass_socket, Daemon};
 pub use http::{request, send_raw, try_request, unix_request, Connection, Response};
 pub use notify::{Datagrams, Notifications};
-pub use process::{alive, cpu_ticks, processes_with_env, rss_kb, signal, wait_exit, Guarded};
+pub use process::{
+    alive, cpu_ticks, processes_with_env, room_for_sockets, rss_kb, signal, wait_exit, Guarded,
+};
 
 use std::time::{Duration, Instant};
 

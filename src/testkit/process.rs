@@ -24,6 +24,15 @@ pub fn processes_with_env(var: &str) -> Vec<(i32, Vec<Vec<u8>>)> {
         .collect()
 }
 
+/// Raises this process's soft limit on open files to the hard one (at most 16,384), for
+/// tests and benchmarks that hold thousands of sockets.
+pub fn room_for_sockets() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(16_384), hard);
+    }
+}
+
 /// utime + stime of the whole process (all its threads, living and ended), in clock ticks.
 pub fn cpu_ticks(pid: i32) -> Result<u64, String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -6,8 +6,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub use kindler::testkit::{
-    alive, eventually, now_ns, pass_socket, request, send_raw, try_request, unix_request, Daemon,
-    Guarded, Notifications, Response,
+    alive, eventually, now_ns, pass_socket, request, room_for_sockets, send_raw, try_request,
+    unix_request, Daemon, Guarded, Notifications, Response,
 };
 
 use std::collections::HashMap;
@@ -296,20 +296,6 @@ pub fn wait_for_file_text(path: &Path, needle: &str, timeout: Duration) -> Resul
         text.contains(needle).then_some(())
     })
     .ok_or(text)
-}
-
-/// Raises this test process's open-files limit, for tests that hold thousands of sockets.
-pub fn room_for_sockets() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit with a valid rlimit.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max.min(16_384);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
 }
 
 /// A free TCP port on loopback (bound and released; fine for tests that need a port number).

@@ -34,8 +34,7 @@ use super::ports::{self, PortBook, Refusal};
 use super::row::RowReader;
 use super::runs::{self, NewRun, RunRecord, Unfinished};
 use super::{Created, Epoch, NewCluster, Recorded, RunEnding, StoreError, StoreResult, TaskLookup};
-use crate::config::PortRange;
-use crate::model::{Action, ActualState, ClusterName, ClusterSpec, DesiredState};
+use crate::model::{Action, ActualState, ClusterName, ClusterSpec, DesiredState, PortRange};
 
 /// Pooled connections per agent; with the listener's, four.
 pub const POOL_SIZE: usize = 3;
