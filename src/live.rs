@@ -16,6 +16,8 @@ use crate::procs::Target;
 pub struct LiveRun {
     pub tail: Arc<Mutex<Tail>>,
     pub target: Arc<Mutex<Option<Target>>>,
+    /// Output lines so far, to tell whether the tail moved since it was last shared.
+    lines: Arc<AtomicU64>,
     changed: Arc<watch::Sender<()>>,
 }
 
@@ -23,6 +25,7 @@ impl LiveRun {
     /// Keeps an output line (and tells watchers).
     pub fn line(&self, line: &str) {
         self.tail.lock().unwrap().push(line);
+        self.lines.fetch_add(1, Ordering::Relaxed);
         self.changed.send_replace(());
     }
 }
@@ -53,6 +56,7 @@ impl LiveRuns {
         let run = LiveRun {
             tail: Arc::new(Mutex::new(Tail::new(tail_lines))),
             target: Arc::new(Mutex::new(None)),
+            lines: Arc::new(AtomicU64::new(0)),
             changed: self.changed.clone(),
         };
         self.runs.lock().unwrap().insert(run_id, run.clone());
@@ -78,6 +82,23 @@ impl LiveRuns {
     pub fn lines(&self, run_id: i64) -> Option<Vec<String>> {
         let runs = self.runs.lock().unwrap();
         runs.get(&run_id).map(|r| r.tail.lock().unwrap().lines())
+    }
+
+    /// The output of each run in progress that printed since `shared` last saw it (by run
+    /// id: how many lines it had printed then), which is brought up to date; runs that
+    /// ended are dropped from it.
+    pub fn unshared_output(&self, shared: &mut HashMap<i64, u64>) -> Vec<(i64, Vec<String>)> {
+        let runs = self.runs.lock().unwrap();
+        shared.retain(|id, _| runs.contains_key(id));
+        let mut moved = Vec::new();
+        for (id, run) in runs.iter() {
+            let lines = run.lines.load(Ordering::Relaxed);
+            if shared.get(id).copied().unwrap_or(0) < lines {
+                shared.insert(*id, lines);
+                moved.push((*id, run.tail.lock().unwrap().lines()));
+            }
+        }
+        moved
     }
 
     /// Runs in progress (including those whose end is being recorded).

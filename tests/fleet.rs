@@ -149,6 +149,28 @@ fn creates_are_placed_across_hosts_and_a_declaration_on_one_wakes_another_at_onc
         (x1["host"].as_str(), x1["host_reachable"].as_bool()),
         (Some("b"), Some(true))
     );
+
+    // A task running on c, asked about on a: its output so far, while it runs.
+    agents[2].env.mode("create-chatty", "busy:4");
+    let answer = agents[0].env.post(
+        "/api/clusters",
+        r#"{"name":"chatty","provider":"k3d","host":"c"}"#,
+    );
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let task = eventually(
+        10 * SEC,
+        "a to show c's output of the running create",
+        || {
+            let task = agents[0].env.get("/api/tasks/reconcile-chatty").json();
+            let logs = task["logs"].as_array()?.iter().filter_map(|l| l.as_str());
+            let seen = logs.clone().any(|l| l.contains("pulling layer"));
+            (task["status"] == "running" && seen).then_some(task)
+        },
+    );
+    assert!(
+        task["message"].as_str().unwrap().contains("chatty"),
+        "{task}"
+    );
 }
 
 #[test]

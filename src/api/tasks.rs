@@ -371,7 +371,11 @@ pub fn describe(task_id: &str, f: &Facts, activity: &Activity) -> TaskStatus {
                 task.message
                     .push_str(&format!("; then kindler goes on to {verb} it"));
             }
-            task.logs = activity.live_lines.clone().unwrap_or_default();
+            // Another host's run: the output its agent shared so far (every second).
+            task.logs = activity
+                .live_lines
+                .clone()
+                .unwrap_or_else(|| run.output_tail.clone());
         }
         Stage::Retried { run, attempt, at } => {
             task.error = run.error.clone();

@@ -109,6 +109,9 @@ pub struct Reconciler {
     /// programs change in ways the feed cannot see.
     next_rescan: Instant,
     status_dirty: bool,
+    /// Output lines of the running runs already shared with the fleet, and when next.
+    shared_output: std::collections::HashMap<i64, u64>,
+    next_output_share: Instant,
     /// Clusters acted on in this pass (one-pass mode).
     visited: HashSet<i64>,
     report: PassReport,
@@ -140,6 +143,8 @@ impl Reconciler {
             next_maintenance: Instant::now() + watch::MAINTENANCE_EVERY,
             next_rescan: Instant::now(),
             status_dirty: true,
+            shared_output: Default::default(),
+            next_output_share: Instant::now(),
             visited: HashSet::new(),
             report: PassReport::default(),
         }

@@ -14,6 +14,8 @@ use crate::systemd;
 
 /// How often old history is pruned.
 pub(super) const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+/// In a fleet, how often running runs' new output is shared with the other agents.
+const OUTPUT_SHARE_EVERY: Duration = Duration::from_secs(1);
 
 impl Reconciler {
     /// Puts every cluster on the schedule: running ones at their next resync, the rest now
@@ -46,6 +48,22 @@ impl Reconciler {
             self.schedule.soon(row.id, due);
         }
         self.repair_change_numbers().await;
+    }
+
+    /// In a fleet, puts the output the running runs printed since the last time where the
+    /// other agents' APIs read it, at most every [`OUTPUT_SHARE_EVERY`].
+    async fn share_output(&mut self) {
+        if !self.app.store.is_fleet() || Instant::now() < self.next_output_share {
+            return;
+        }
+        self.next_output_share = Instant::now() + OUTPUT_SHARE_EVERY;
+        for (run_id, lines) in self.app.runs.unshared_output(&mut self.shared_output) {
+            if let Err(e) = self.app.store.share_output(run_id, &lines).await {
+                // Shown once it ends; the next share sends it again.
+                self.shared_output.remove(&run_id);
+                log::debug(&format!("cannot share the output of run {run_id}: {e}"));
+            }
+        }
     }
 
     /// Reads the change feed (rows declared since the cursor) and the clusters the API
@@ -121,6 +139,7 @@ impl Reconciler {
         if self.app.health.is_active(Cause::StoreWrites) {
             self.probe_writes();
         }
+        self.share_output().await;
         if self.status_dirty {
             self.status_dirty = false;
             if let Ok(summary) = self.app.store.summary().await {

@@ -603,6 +603,16 @@ impl Store {
     pub async fn prune_old(&self, max_age: Duration) -> StoreResult<usize> {
         on_backend!(self, b => b.prune_old(max_age).await)
     }
+
+    /// Shares a running run's output so far with the fleet, so that other agents' APIs
+    /// show it while it runs (PostgreSQL; an SQLite store's one daemon shows its runs from
+    /// memory, and this does nothing).
+    pub async fn share_output(&self, run_id: i64, lines: &[String]) -> StoreResult<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.share_output(run_id, &lines.join("\n")).await,
+        }
+    }
 }
 
 /// The machine's host name: the default `host`.

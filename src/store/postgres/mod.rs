@@ -321,6 +321,25 @@ impl Postgres {
         Ok(n > 0)
     }
 
+    /// A running run's output so far, in its history row; other agents hear of it (their
+    /// cached answers move) but their reconcilers are not woken. Fenced: it records the
+    /// action's progress.
+    pub async fn share_output(&self, run_id: i64, tail: &str) -> StoreResult<()> {
+        let tx = self.begin().await?;
+        self.fenced(&tx).await?;
+        tx.execute(
+            "UPDATE reconcile_runs SET output_tail = $2
+              WHERE id = $1 AND host = $3 AND ended_at IS NULL",
+            &[&run_id, &tail, &self.inner.host],
+        )
+        .await?;
+        // The payload is no host name: no agent's reconciler takes it for its feed.
+        let bell = format!("output:{}", self.inner.host);
+        tx.query("SELECT pg_notify('kindler_changes', $1)", &[&bell])
+            .await?;
+        self.commit(tx).await
+    }
+
     pub async fn forget(&self, name: &str) -> StoreResult<Option<i64>> {
         let row = self
             .client()
