@@ -47,6 +47,9 @@ use machine::{look, CancelReason, Decision, Policy};
 use outcome::cluster_event;
 use schedule::Schedule;
 
+/// How often, at most, the clusters waiting for a free slot are counted for the metrics.
+const WAITING_COUNT_EVERY: Duration = Duration::from_millis(250);
+
 /// Whether the reconciler runs for good or makes one pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -109,6 +112,8 @@ pub struct Reconciler {
     /// programs change in ways the feed cannot see.
     next_rescan: Instant,
     status_dirty: bool,
+    /// When the clusters waiting for a slot may next be counted (see `publish_waiting`).
+    next_waiting_count: Instant,
     /// Output lines of the running runs already shared with the fleet, and when next.
     shared_output: std::collections::HashMap<i64, u64>,
     next_output_share: Instant,
@@ -143,6 +148,7 @@ impl Reconciler {
             next_maintenance: Instant::now() + watch::MAINTENANCE_EVERY,
             next_rescan: Instant::now(),
             status_dirty: true,
+            next_waiting_count: Instant::now(),
             shared_output: Default::default(),
             next_output_share: Instant::now(),
             visited: HashSet::new(),
@@ -291,9 +297,18 @@ impl Reconciler {
         self.publish_waiting();
     }
 
-    /// Tells the metrics how many due clusters wait for a slot, and since when.
-    fn publish_waiting(&self) {
+    /// Tells the metrics how many due clusters wait for a slot, and since when. Counting
+    /// them is linear in the queue, which a flood of declarations makes thousands long, and
+    /// this runs after every dispatch: while every slot is taken the count is made at most
+    /// every [`WAITING_COUNT_EVERY`] (a scrape sees it that stale at most).
+    fn publish_waiting(&mut self) {
         let now = Instant::now();
+        if self.schedule.is_full() {
+            if now < self.next_waiting_count {
+                return;
+            }
+            self.next_waiting_count = now + WAITING_COUNT_EVERY;
+        }
         let (count, oldest) = self.schedule.waiting(now);
         let since = oldest.map(|at| std::time::SystemTime::now() - (now - at));
         crate::metrics::METRICS.set_waiting(count, since);

@@ -83,10 +83,16 @@ impl<R> Schedule<R> {
         self.by_time.first().map(|(at, _)| *at)
     }
 
+    /// Every slot is taken.
+    pub fn is_full(&self) -> bool {
+        self.running.len() >= self.cap
+    }
+
     /// Clusters due at `now` that wait because every slot is taken, and the due time of
     /// the one waiting longest. (With a free slot, `next` has taken every due cluster.)
+    /// Linear in the clusters due.
     pub fn waiting(&self, now: Instant) -> (usize, Option<Instant>) {
-        if self.running.len() < self.cap {
+        if !self.is_full() {
             return (0, None);
         }
         let due = self

@@ -341,9 +341,16 @@ pub(super) fn id_for_insert(tx: &Transaction, table: &'static str) -> StoreResul
 }
 
 /// Advances the change counter and returns its new value (see migration 0006).
+///
+/// Two statements, not `UPDATE … RETURNING`: SQLite collects RETURNING rows in an
+/// ephemeral table whose page cache (128 KiB) is allocated and freed on every call, and the
+/// free trims the writer thread's heap, so each declaration paid for page faults; that
+/// made POSTs a third slower (BENCHMARKS.md, measurement 2).
 fn next_change_seq(tx: &Transaction) -> StoreResult<i64> {
+    tx.prepare_cached("UPDATE change_counter SET value = value + 1")?
+        .execute([])?;
     Ok(tx
-        .prepare_cached("UPDATE change_counter SET value = value + 1 RETURNING value")?
+        .prepare_cached("SELECT value FROM change_counter")?
         .query_row([], |r| r.get("value"))?)
 }
 
@@ -379,7 +386,9 @@ pub fn changed_since(conn: &Connection, after: i64) -> StoreResult<(i64, Vec<i64
 
 /// The newest change number handed out (the feed's numbers only grow).
 pub fn change_counter(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row("SELECT value FROM change_counter", [], |r| r.get("value"))?)
+    Ok(conn
+        .prepare_cached("SELECT value FROM change_counter")?
+        .query_row([], |r| r.get("value"))?)
 }
 
 /// Rows whose change number kindler did not hand out (text, NULL, above the counter, and
