@@ -42,8 +42,8 @@ pub enum CopyError {
     Store(#[from] StoreError),
     #[error(
         "{} row(s) of the SQLite database cannot be read, so they would be left behind: \
-         {}; correct them with sqlite3, or remove them (kindler forget NAME, or \
-         DELETE /api/clusters/NAME?forget=true), then copy again",
+         {}; correct them with sqlite3, or remove them (start kindler on the file and \
+         POST /api/clusters/NAME/forget), then copy again",
         .0.len(),
         .0.join("; ")
     )]
